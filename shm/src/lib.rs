@@ -1,2 +1,52 @@
-//! Shared memory for procpool (placeholder; grows with the shared-array issue).
+//! Memory that outlives a function call, for procpool: arrays shared between
+//! the supervisor and its worker processes, the `.npy` format they are stored
+//! in, read-only maps of files for out-of-core work, and plans for splitting
+//! rows into chunks. This is the only procpool crate that calls `mmap`.
+//!
+//! A shared array is a memfd holding a complete `.npy` image. The supervisor
+//! creates it; each worker opens the path it is given (`/proc/self/fd/N`
+//! through an inherited descriptor), so a Python worker can equally
+//! `numpy.load(path, mmap_mode="r+")` it:
+//!
+//! ```
+//! # fn main() -> Result<(), procpool_shm::ShmError> {
+//! use std::path::Path;
+//! use procpool_shm::{Element, SharedArray};
+//!
+//! // Supervisor: a 2 x 3 matrix of f64, zero-filled.
+//! let mut matrix = SharedArray::create("matrix", f64::DTYPE, &[2, 3])?;
+//! matrix.rows_mut::<f64>(0..1)?.copy_from_slice(&[1.0, 2.0, 3.0]);
+//!
+//! // Worker: open what the supervisor passed, write its own rows.
+//! let mut view = SharedArray::open(Path::new(&matrix.worker_path()), true)?;
+//! assert_eq!(view.rows_slice::<f64>(0..1)?, &[1.0, 2.0, 3.0]);
+//! view.rows_mut::<f64>(1..2)?.fill(4.0);
+//!
+//! // Supervisor: the worker's writes are visible.
+//! assert_eq!(matrix.as_slice::<f64>()?, &[1.0, 2.0, 3.0, 4.0, 4.0, 4.0]);
+//! # Ok(()) }
+//! ```
+//!
+//! - [`npy`]: `.npy` headers ([`NpyHeader`], [`encode_header`]), element types
+//!   ([`DType`], [`Element`], [`decode_f64`]), and whole files
+//!   ([`read_npy_f64`], [`write_npy`], [`NpyWriter`]).
+//! - [`SharedArray`]: memfd-backed arrays and their cross-process contract.
+//! - [`FileMap`]: read-only file maps that release pages chunk by chunk.
+//! - [`chunks`]: [`row_chunks`](chunks::row_chunks) and
+//!   [`even_split`](chunks::even_split).
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod chunks;
+mod error;
+mod filemap;
+pub mod npy;
+mod shared;
+
+pub use error::{Result, ShmError};
+pub use filemap::FileMap;
+pub use npy::{
+    decode_f64, encode_header, read_npy_f64, write_npy, DType, Element, ElementKind, NpyHeader,
+    NpyWriter,
+};
+pub use shared::SharedArray;
