@@ -115,8 +115,8 @@ pub enum ShmError {
 
     /// An array was viewed or written as an element type it does not hold.
     #[error(
-        "the array holds {found} but was used as {requested}; \
-         use the element type that matches the array's dtype"
+        "the array holds {found} but was used as {requested}; use the element type that \
+         matches the array's dtype, or decode its bytes with decode_f64"
     )]
     DTypeMismatch {
         /// The dtype description of the array.

@@ -496,6 +496,25 @@ mod tests {
     }
 
     #[test]
+    fn misaligned_data_is_an_error_not_undefined_behaviour() {
+        // A hand-built header of odd length puts the data at an odd offset.
+        let dict = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,)}";
+        let mut image = b"\x93NUMPY\x01\x00".to_vec();
+        image.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        image.extend_from_slice(dict.as_bytes());
+        assert_eq!(image.len() % 2, 1);
+        image.extend_from_slice(&[0; 16]);
+        let (_file, path) = sealed_memfd(&image);
+        let array = SharedArray::open(Path::new(&path), false).unwrap();
+        let err = array.as_slice::<f64>().unwrap_err();
+        assert!(
+            matches!(err, ShmError::Misaligned { align: 8, .. }),
+            "{err:?}"
+        );
+        assert_eq!(array.data_bytes().len(), 16);
+    }
+
+    #[test]
     fn create_refuses_unsupported_dtypes_and_wrong_lengths() {
         let half = DType {
             size: 2,

@@ -131,11 +131,6 @@ impl DType {
         format!("{order}{kind}{}", self.size)
     }
 
-    /// Whether this dtype stores elements in the host's byte order.
-    pub fn is_native_order(&self) -> bool {
-        self.size == 1 || self.big_endian == cfg!(target_endian = "big")
-    }
-
     /// Refuses kind/size combinations outside the supported list, with the
     /// same message [`DType::parse`] gives.
     pub(crate) fn ensure_supported(&self) -> Result<()> {
