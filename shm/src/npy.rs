@@ -71,11 +71,7 @@ impl NpyHeader {
         let Some(length_field) = bytes.get(MAGIC.len() + 2..prefix_len) else {
             return Err(truncated(prefix_len));
         };
-        let header_len = length_field
-            .iter()
-            .rev()
-            .fold(0usize, |len, &byte| len << 8 | usize::from(byte));
-        let data_offset = prefix_len + header_len;
+        let data_offset = prefix_len.saturating_add(little_endian_len(length_field));
         let Some(dict_bytes) = bytes.get(prefix_len..data_offset) else {
             return Err(truncated(data_offset));
         };
@@ -106,11 +102,8 @@ impl NpyHeader {
             _ => return NpyHeader::parse(&bytes),
         };
         read_up_to(reader, &mut bytes, length_bytes)?;
-        let header_len = bytes[MAGIC.len() + 2..]
-            .iter()
-            .rev()
-            .fold(0u64, |len, &byte| len << 8 | u64::from(byte));
-        read_up_to(reader, &mut bytes, header_len)?;
+        let header_len = little_endian_len(&bytes[MAGIC.len() + 2..]);
+        read_up_to(reader, &mut bytes, header_len as u64)?;
         NpyHeader::parse(&bytes)
     }
 
@@ -162,6 +155,14 @@ impl NpyHeader {
         }
         Ok(())
     }
+}
+
+/// The header length field: a little-endian integer of two or four bytes.
+fn little_endian_len(field: &[u8]) -> usize {
+    field
+        .iter()
+        .rev()
+        .fold(0, |len, &byte| len << 8 | usize::from(byte))
 }
 
 /// Appends up to `count` bytes from `reader` to `bytes`, stopping early only at
