@@ -1,0 +1,178 @@
+//! The command line: `procpool run <workload> [options]`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use procpool_supervisor::DEFAULT_PREFETCH;
+
+use crate::workloads::{self, Kind};
+
+const EXAMPLES: &str = "\
+Examples:
+  procpool run primes                       count primes below 1e10 on one worker per core
+  procpool run primes --limit 1e9 --procs 8 eight workers, oversubscribed if need be
+  procpool run noop --tasks 100000 --json   the pool's own overhead, as JSON
+  procpool run primes --start fork          fork the workers instead of re-executing
+
+While a run goes, `kill -9` any worker pid: the slot restarts and its task is retried.
+Ctrl-C stops dispatch and lets running tasks finish; a second Ctrl-C kills them.
+
+Exit codes: 0 success, 1 a task failed or the pool gave up, 2 usage error, 130 interrupted.";
+
+/// Run work on a pool of isolated worker processes, one per core, and survive any of
+/// them crashing.
+#[derive(Debug, Parser)]
+#[command(name = "procpool", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workload on a pool of worker processes.
+    #[command(after_help = EXAMPLES)]
+    Run(RunArgs),
+    /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
+    #[command(hide = true)]
+    Worker {
+        /// The workload whose tasks to run.
+        #[arg(value_enum)]
+        workload: Kind,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    #[command(subcommand)]
+    pub workload: WorkloadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkloadArgs {
+    /// Count primes below --limit with a segmented sieve, one range per task.
+    Primes(workloads::primes::Args),
+    /// Empty tasks, to measure the pool's own overhead per task.
+    Noop(workloads::noop::Args),
+}
+
+impl WorkloadArgs {
+    pub fn kind(&self) -> Kind {
+        match self {
+            WorkloadArgs::Primes(_) => Kind::Primes,
+            WorkloadArgs::Noop(_) => Kind::Noop,
+        }
+    }
+}
+
+/// How workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartMode {
+    /// Re-execute the procpool binary as a worker (works with any workload).
+    Spawn,
+    /// Fork the supervisor (built-in workloads only; fastest start).
+    Fork,
+}
+
+/// Options shared by every workload.
+#[derive(Debug, clap::Args)]
+pub struct PoolArgs {
+    /// Worker processes [default: the cores this process may use]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub procs: Option<u32>,
+    /// How workers are started.
+    #[arg(long, global = true, value_enum, default_value_t = StartMode::Spawn)]
+    pub start: StartMode,
+    /// Tasks in flight per worker.
+    #[arg(long, global = true, default_value_t = DEFAULT_PREFETCH as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub prefetch: u32,
+    /// A task held by this many crashed workers is quarantined as failed.
+    #[arg(long, global = true, default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// Restart intensity: at most this many worker restarts per --restart-period
+    /// [default: 5 per worker, at least 10].
+    #[arg(long, global = true)]
+    pub max_restarts: Option<u32>,
+    /// The window of --max-restarts, in seconds.
+    #[arg(long, global = true, default_value = "10", value_parser = parse_seconds)]
+    pub restart_period: Duration,
+    /// Kill a worker whose task runs longer than this many seconds (counts as a crash).
+    #[arg(long, global = true, value_parser = parse_seconds)]
+    pub task_timeout: Option<Duration>,
+    /// Replace each worker after it has answered this many tasks.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tasks_per_child: Option<u64>,
+    /// Seconds workers get to finish at shutdown or after Ctrl-C before being killed.
+    #[arg(long, global = true, default_value = "5", value_parser = parse_seconds)]
+    pub grace: Duration,
+    /// SIGKILL a random busy worker this many times per second (to watch recovery).
+    #[arg(long, global = true, value_parser = parse_rate)]
+    pub chaos: Option<f64>,
+    /// Print one JSON object (the result and the run report) instead of a summary.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print no worker events, only the summary and errors.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is not a duration"))
+}
+
+/// A count written as an integer or in scientific notation (`1e9`), which must be exact.
+pub fn parse_count(text: &str) -> Result<u64, String> {
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(n);
+    }
+    match text.parse::<f64>() {
+        Ok(x) if x >= 0.0 && x.fract() == 0.0 && x < 1.8e19 => Ok(x as u64),
+        _ => Err(format!(
+            "'{text}' is not a whole number (e.g. 1000000 or 1e6)"
+        )),
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("'{text}' is not a positive rate per second")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pool_options_go_after_the_workload() {
+        let cli = Cli::try_parse_from([
+            "procpool", "run", "primes", "--procs", "3", "--limit", "100",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.pool.procs, Some(3));
+        assert_eq!(run.workload.kind(), Kind::Primes);
+    }
+
+    #[test]
+    fn zero_procs_is_a_usage_error() {
+        let err = Cli::try_parse_from(["procpool", "run", "noop", "--procs", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,26 @@
+//! `procpool`: run work on a pool of isolated worker processes.
+
+mod cli;
+mod run;
+mod worker;
+mod workloads;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Worker { workload } => ExitCode::from(worker::serve_builtin(workload) as u8),
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("procpool: error: {err:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

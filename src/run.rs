@@ -1,0 +1,249 @@
+//! `procpool run`: builds the pool for a workload, feeds it, reports.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use procpool_supervisor::{
+    Event, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy, RunEnd, TaskOutcome, WorkerStart,
+};
+use serde_json::{json, Value};
+
+use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
+use crate::workloads::{noop::Noop, primes::Primes, Job, Kind, Summary};
+
+/// Exit code when Ctrl-C or SIGTERM ended the run (128 + SIGINT, as shells do).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let procs = match args.pool.procs {
+        Some(procs) => procs as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let kind = args.workload.kind();
+    let job: Box<dyn Job> = match &args.workload {
+        WorkloadArgs::Primes(a) => Box::new(Primes::new(a, procs)?),
+        WorkloadArgs::Noop(a) => Box::new(Noop::new(a)),
+    };
+    let config = pool_config(&args.pool, procs, kind)?;
+    let pool = Pool::start(config).context("starting the worker pool")?;
+    let outcome = drive(pool, job, &args.pool)?;
+    print_outcome(&outcome, &args.pool, kind, procs)?;
+    Ok(ExitCode::from(outcome.exit_code()))
+}
+
+fn pool_config(args: &PoolArgs, procs: usize, kind: Kind) -> Result<PoolConfig> {
+    let start = match args.start {
+        StartMode::Spawn => WorkerStart::Spawn {
+            program: std::env::current_exe()
+                .context("finding the procpool executable to start workers")?
+                .into(),
+            args: vec!["worker".into(), kind.name().into()],
+        },
+        StartMode::Fork => WorkerStart::Fork(Arc::new(move || crate::worker::serve_builtin(kind))),
+    };
+    let mut config = PoolConfig::new(procs, start);
+    config.prefetch = args.prefetch as usize;
+    config.max_attempts = args.max_attempts;
+    let mut restart = RestartPolicy::for_pool(procs);
+    if let Some(max) = args.max_restarts {
+        restart.intensity = max;
+    }
+    restart.period = args.restart_period;
+    config.restart = restart;
+    config.task_timeout = args.task_timeout;
+    config.max_tasks_per_child = args.max_tasks_per_child;
+    config.grace = args.grace;
+    config.chaos = args.chaos;
+    Ok(config)
+}
+
+/// How a run ended, with everything needed to print it.
+struct Outcome {
+    report: PoolReport,
+    summary: Option<Summary>,
+    /// A failure of the run itself (not of a task): the pool gave up, a bad output.
+    error: Option<anyhow::Error>,
+}
+
+impl Outcome {
+    fn exit_code(&self) -> u8 {
+        match self.report.end {
+            RunEnd::Interrupted => EXIT_INTERRUPTED,
+            RunEnd::Aborted(_) => 1,
+            RunEnd::Completed if self.error.is_some() => 1,
+            RunEnd::Completed if self.report.tasks_error + self.report.tasks_failed > 0 => 1,
+            RunEnd::Completed => 0,
+        }
+    }
+}
+
+/// Feeds the job's tasks to the pool (a bounded window ahead, so a job can stream its
+/// inputs), reduces every answer, and shuts the pool down.
+fn drive(mut pool: Pool, mut job: Box<dyn Job>, args: &PoolArgs) -> Result<Outcome> {
+    let window = pool.procs() * args.prefetch as usize * 4 + 64;
+    let mut error = None;
+    let mut exhausted = false;
+    loop {
+        while !exhausted && !pool.interrupted() && pool.unfinished() < window {
+            match job.next_task() {
+                Some(Ok(input)) => {
+                    pool.put(input);
+                }
+                Some(Err(err)) => {
+                    error = Some(err.context("preparing tasks"));
+                    exhausted = true;
+                }
+                None => exhausted = true,
+            }
+        }
+        let event = match pool.next_event() {
+            Ok(Some(event)) => event,
+            Ok(None) if exhausted || pool.interrupted() => break,
+            Ok(None) => continue,
+            Err(PoolError::Aborted(_)) => break,
+            Err(err) => return Err(err.into()),
+        };
+        if let Err(err) = on_event(&mut *job, event, args.quiet) {
+            error = Some(err);
+            break;
+        }
+    }
+    let report = pool.shutdown();
+    let summary = if error.is_none() && report.end == RunEnd::Completed {
+        Some(job.summary(&report)?)
+    } else {
+        None
+    };
+    Ok(Outcome {
+        report,
+        summary,
+        error,
+    })
+}
+
+fn on_event(job: &mut dyn Job, event: Event, quiet: bool) -> Result<()> {
+    match event {
+        Event::Task {
+            id,
+            outcome: TaskOutcome::Output(output),
+            ..
+        } => job.reduce(id, output)?,
+        Event::Task {
+            id,
+            attempts,
+            outcome,
+            ..
+        } => {
+            match &outcome {
+                TaskOutcome::Error(message) => eprintln!("procpool: task {id} failed: {message}"),
+                TaskOutcome::Failed(crashes) => eprintln!(
+                    "procpool: task {id} quarantined after {attempts} attempts; last: {}",
+                    crashes.last().map_or(String::new(), |c| c.to_string())
+                ),
+                TaskOutcome::Output(_) => unreachable!("matched above"),
+            }
+            job.on_failure(id, &outcome)?;
+        }
+        Event::WorkerDied {
+            crash,
+            tasks,
+            restart_in,
+        } if !quiet => {
+            let held = match tasks.as_slice() {
+                [] => String::from("while idle"),
+                [(id, attempt)] => format!("while running task {id} (attempt {attempt})"),
+                many => format!(
+                    "while holding tasks {}",
+                    many.iter()
+                        .map(|(id, _)| id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let next = match restart_in {
+                Some(delay) if delay.is_zero() => "restarting".to_string(),
+                Some(delay) => format!("restarting in {delay:.0?}"),
+                None => "not restarting".to_string(),
+            };
+            eprintln!("procpool: {crash} {held}; {next}");
+        }
+        Event::Interrupted { again: false } => eprintln!(
+            "procpool: interrupted; letting running tasks finish (Ctrl-C again to kill them now)"
+        ),
+        Event::Interrupted { again: true } => eprintln!("procpool: killing workers now"),
+        Event::WorkerDied { .. } | Event::WorkerStarted { .. } | Event::Tick => {}
+    }
+    Ok(())
+}
+
+/// Prints the run's summary; a closed stdout (`| head`) is not an error worth a panic.
+fn print_outcome(outcome: &Outcome, args: &PoolArgs, kind: Kind, procs: usize) -> Result<()> {
+    match write_outcome(&mut std::io::stdout().lock(), outcome, args, kind, procs) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
+}
+
+fn write_outcome(
+    out: &mut impl Write,
+    outcome: &Outcome,
+    args: &PoolArgs,
+    kind: Kind,
+    procs: usize,
+) -> std::io::Result<()> {
+    let report = &outcome.report;
+    if let RunEnd::Aborted(reason) = &report.end {
+        eprintln!("procpool: error: {reason}");
+    }
+    if let Some(err) = &outcome.error {
+        eprintln!("procpool: error: {err:#}");
+    }
+    if args.json {
+        let mut object = json!({
+            "workload": kind.name(),
+            "procs": procs,
+            "start": format!("{:?}", args.start).to_lowercase(),
+            "prefetch": args.prefetch,
+            "result": outcome.summary.as_ref().map_or(Value::Null, |s| s.result.clone()),
+        });
+        let fields = serde_json::to_value(report).expect("the report serialises");
+        object
+            .as_object_mut()
+            .expect("built as an object")
+            .extend(fields.as_object().expect("the report is a struct").clone());
+        return writeln!(out, "{object}");
+    }
+    if let Some(summary) = &outcome.summary {
+        writeln!(out, "{}: {}", kind.name(), summary.headline)?;
+    }
+    writeln!(
+        out,
+        "tasks: {} ok, {} error, {} failed, {} not run ({} retries, {} restarts{}) on {} workers ({})",
+        report.tasks_ok,
+        report.tasks_error,
+        report.tasks_failed,
+        report.tasks_not_run,
+        report.retries,
+        report.restarts(),
+        if report.chaos_kills > 0 {
+            format!(", {} chaos kills", report.chaos_kills)
+        } else {
+            String::new()
+        },
+        procs,
+        format!("{:?}", args.start).to_lowercase(),
+    )?;
+    let wall = report.wall.as_secs_f64();
+    let worker_cpu = report.workers_cpu.user + report.workers_cpu.sys;
+    writeln!(
+        out,
+        "time: wall {wall:.3}s; workers user {:.3}s sys {:.3}s; supervisor user {:.3}s sys {:.3}s; parallelism {:.2}x",
+        report.workers_cpu.user.as_secs_f64(),
+        report.workers_cpu.sys.as_secs_f64(),
+        report.supervisor_cpu.user.as_secs_f64(),
+        report.supervisor_cpu.sys.as_secs_f64(),
+        worker_cpu.as_secs_f64() / wall.max(1e-9),
+    )
+}

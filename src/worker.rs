@@ -1,0 +1,15 @@
+//! The worker side of the built-in workloads: `procpool worker <workload>`, or the
+//! body of a forked worker.
+
+use crate::workloads::Kind;
+
+/// Serves tasks of `kind` on stdin/stdout until `stop`; returns the exit code.
+pub fn serve_builtin(kind: Kind) -> i32 {
+    match procpool_child::serve(|task| kind.run_task(&task.input)) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("procpool worker: lost the supervisor's pipes: {err}");
+            1
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! How procpool runs and watches worker processes.
+//!
+//! A [`Pool`] starts `procs` workers — by executing a command (the procpool binary
+//! re-executed, or any program that speaks protocol v1) or by forking — and feeds them
+//! tasks from a joinable queue: [`Pool::put`] adds a task, [`Pool::next_event`] runs the
+//! event loop until something happens (a task finished, a worker died), and returns
+//! `None` once the queue is joined; [`Pool::shutdown`] sends one `stop` per worker,
+//! reaps them all and returns the [`PoolReport`].
+//!
+//! The pool is one thread and one `poll` loop over the workers' pipes, a signal
+//! self-pipe and the nearest deadline, so forking stays safe at any time. A worker that
+//! dies has its tasks retried elsewhere (up to `max_attempts`), and its slot restarted
+//! under an OTP-style [`RestartPolicy`]; every task ends exactly once, as a result, an
+//! error, or a quarantined failure.
+//!
+//! ```no_run
+//! use procpool_supervisor::{Event, Pool, PoolConfig, TaskOutcome, WorkerStart};
+//!
+//! let start = WorkerStart::Spawn { program: "./my-worker".into(), args: vec![] };
+//! let mut pool = Pool::start(PoolConfig::new(4, start))?;
+//! let id = pool.put(serde_json::json!({"n": 10}));
+//! while let Some(event) = pool.next_event()? {
+//!     if let Event::Task { id: done, outcome, .. } = event {
+//!         assert_eq!(done, id);
+//!         println!("{outcome:?}");
+//!     }
+//! }
+//! let report = pool.shutdown();
+//! assert_eq!(report.tasks_ok, 1);
+//! # Ok::<(), procpool_supervisor::PoolError>(())
+//! ```
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod pool;
+mod queue;
+mod report;
+mod restart;
+mod sys;
+mod worker;
+
+pub use pool::{
+    Event, LogSink, Pool, PoolConfig, PoolError, TaskOutcome, WorkerStart, WorkerStatus,
+    DEFAULT_PREFETCH, QUEUED_WORK_TARGET,
+};
+pub use queue::JoinableQueue;
+pub use report::{
+    CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd, TaskFailure, WorkerReport,
+};
+pub use restart::RestartPolicy;

@@ -1,0 +1,232 @@
+//! The supervisor's one door to the OS: every system call that needs `unsafe`, or that
+//! must run in the narrow window between `fork` and `exec`, lives here so the rest of
+//! the crate reads as plain Rust.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::unistd::Pid;
+
+use crate::report::{CpuTime, ExitStatus};
+
+/// A pipe whose two ends are closed on exec; the worker's end is dup'ed onto 0/1/2.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// Makes reads and writes on `fd` return `WouldBlock` instead of waiting.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// The file descriptors a new worker gets: its stdio ends and the descriptors it inherits.
+pub(crate) struct WorkerFds<'a> {
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+    /// Descriptors (shared arrays) that stay open in the worker at the same number.
+    pub inherit: &'a [RawFd],
+}
+
+/// Starts `command` as a worker: own process group, SIGKILL when the supervisor dies,
+/// and `fds.inherit` left open across exec.
+pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::Result<Pid> {
+    command
+        .stdin(fds.stdin.try_clone_to_owned()?)
+        .stdout(fds.stdout.try_clone_to_owned()?)
+        .stderr(fds.stderr.try_clone_to_owned()?);
+    let supervisor = nix::unistd::getpid();
+    let inherit = fds.inherit.to_vec();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; `become_worker` makes only raw system calls
+    // (setpgid, prctl, getppid, fcntl, _exit) and allocates nothing (`inherit` was
+    // allocated before the fork and is only read).
+    unsafe {
+        command.pre_exec(move || {
+            become_worker(supervisor, &inherit);
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// Forks the supervisor into a worker that runs `body` and exits with its return value.
+///
+/// Refuses when the process has more than one thread: a fork copies only the calling
+/// thread, and a lock held by another thread (the allocator's, say) would stay locked
+/// forever in the child.
+pub(crate) fn fork_worker(fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> io::Result<Pid> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "--start fork needs a single-threaded supervisor, but this process has {threads} threads; use --start spawn"
+        )));
+    }
+    let supervisor = nix::unistd::getpid();
+    // Anything buffered for our stdout would otherwise be written twice.
+    let _ = io::Write::flush(&mut io::stdout());
+    // SAFETY: the process is single-threaded (checked above), so the child's copy of
+    // the heap and of every lock is consistent and it may run ordinary Rust code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
+        nix::unistd::ForkResult::Child => {
+            let code = run_forked_worker(supervisor, fds, body);
+            // SAFETY: `_exit` never returns and skips the parent's atexit handlers and
+            // destructors, which belong to the supervisor, not to this worker.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+fn run_forked_worker(supervisor: Pid, fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> i32 {
+    for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+        // SAFETY: dup2 on two descriptor numbers; `to` is one of this process's
+        // stdio numbers, which no Rust object in the worker owns.
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            return 127;
+        }
+    }
+    close_inherited_descriptors(fds.inherit);
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGCHLD,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: restoring the default disposition installs no handler of ours; the
+        // supervisor's handlers would otherwise write into its self-pipe from here.
+        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+    }
+    become_worker(supervisor, fds.inherit);
+    // A panic must end this process here, never unwind into the supervisor's frames.
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
+    let _ = io::Write::flush(&mut io::stdout());
+    code
+}
+
+/// Closes every descriptor above stderr except `keep`, so a forked worker holds no
+/// other worker's pipes (which would hide their EOF) and no supervisor state.
+fn close_inherited_descriptors(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.to_vec();
+    keep.sort_unstable();
+    let mut first = 3;
+    for fd in keep.into_iter().chain([RawFd::MAX]) {
+        if fd > first {
+            let last = if fd == RawFd::MAX {
+                u32::MAX
+            } else {
+                fd as u32 - 1
+            };
+            // SAFETY: close_range only closes descriptors; this process is the freshly
+            // forked worker and owns no Rust object over these numbers that it will use.
+            unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
+        }
+        first = first.max(fd.saturating_add(1));
+    }
+}
+
+/// What every worker does before it runs anything: leave the supervisor's process
+/// group (so a terminal's Ctrl-C reaches the supervisor alone), ask for SIGKILL when
+/// the supervisor dies, and keep the shared-array descriptors across exec.
+/// Async-signal-safe: runs between fork and exec.
+fn become_worker(supervisor: Pid, inherit: &[RawFd]) {
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The supervisor may have died before prctl took effect; then nobody will kill us.
+    if nix::unistd::getppid() != supervisor {
+        // SAFETY: `_exit` is async-signal-safe and never returns.
+        unsafe { libc::_exit(1) };
+    }
+    for &fd in inherit {
+        // SAFETY: F_SETFD on a plain descriptor number only changes its close-on-exec flag.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+}
+
+fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Sends `signal` to the worker's whole process group, so its own children go too.
+pub(crate) fn kill_group(pid: Pid, sig: Signal) {
+    // The group may already be gone; there is nothing to do about that.
+    let _ = signal::killpg(pid, sig);
+}
+
+/// Reaps `pid` if it has exited, with the CPU time it used.
+pub(crate) fn try_reap(pid: Pid) -> io::Result<Option<(ExitStatus, CpuTime)>> {
+    wait4(pid, libc::WNOHANG)
+}
+
+/// Waits for `pid` to exit and reaps it.
+pub(crate) fn reap_blocking(pid: Pid) -> io::Result<Option<(ExitStatus, CpuTime)>> {
+    wait4(pid, 0)
+}
+
+fn wait4(pid: Pid, flags: libc::c_int) -> io::Result<Option<(ExitStatus, CpuTime)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: both pointers are to live locals of the right types for wait4.
+        let got = unsafe { libc::wait4(pid.as_raw(), &mut status, flags, &mut usage) };
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                err => return Err(err.into()),
+            }
+        }
+        let exit = if libc::WIFSIGNALED(status) {
+            ExitStatus::Signaled {
+                signal: signal_name(libc::WTERMSIG(status)),
+                core_dumped: libc::WCOREDUMP(status),
+            }
+        } else {
+            ExitStatus::Exited(libc::WEXITSTATUS(status))
+        };
+        return Ok(Some((exit, cpu_time(&usage))));
+    }
+}
+
+/// `"SIGSEGV"` for 11; the number itself for signals without a name.
+pub(crate) fn signal_name(number: i32) -> String {
+    Signal::try_from(number)
+        .map(|sig| sig.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {number}"))
+}
+
+/// CPU time used by this process (`RUSAGE_SELF`).
+pub(crate) fn own_cpu_time() -> CpuTime {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => CpuTime {
+            user: timeval(usage.user_time().tv_sec(), usage.user_time().tv_usec()),
+            sys: timeval(usage.system_time().tv_sec(), usage.system_time().tv_usec()),
+        },
+        Err(_) => CpuTime::default(),
+    }
+}
+
+fn cpu_time(usage: &libc::rusage) -> CpuTime {
+    CpuTime {
+        user: timeval(usage.ru_utime.tv_sec, usage.ru_utime.tv_usec),
+        sys: timeval(usage.ru_stime.tv_sec, usage.ru_stime.tv_usec),
+    }
+}
+
+fn timeval(secs: libc::time_t, micros: libc::suseconds_t) -> Duration {
+    Duration::from_secs(secs.max(0) as u64) + Duration::from_micros(micros.max(0) as u64)
+}

@@ -1,0 +1,224 @@
+//! One worker process as the supervisor holds it: its pid, the write end of its stdin
+//! with the bytes not yet written, and line readers over its stdout and stderr.
+//! Dropping a `WorkerProcess` that was not reaped kills and reaps it.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::report::{CpuTime, ExitStatus};
+use crate::sys;
+
+/// The longest line a worker may write; past it the worker is treated as broken.
+pub(crate) const MAX_LINE: usize = 1 << 30;
+
+pub(crate) struct WorkerProcess {
+    pub pid: Pid,
+    stdin: Option<File>,
+    outbox: Vec<u8>,
+    pub stdout: LineReader,
+    pub stderr: LineReader,
+    reaped: bool,
+}
+
+impl WorkerProcess {
+    pub(crate) fn new(pid: Pid, stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Self {
+        WorkerProcess {
+            pid,
+            stdin: Some(File::from(stdin)),
+            outbox: Vec::new(),
+            stdout: LineReader::new(stdout),
+            stderr: LineReader::new(stderr),
+            reaped: false,
+        }
+    }
+
+    /// Queues bytes for the worker's stdin and writes what the pipe takes now.
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
+        self.outbox.extend_from_slice(bytes);
+        self.flush_outbox();
+    }
+
+    /// Writes queued bytes until the pipe is full. A worker that closed its stdin
+    /// gets nothing more; its death is noticed through its stdout and `waitpid`.
+    pub(crate) fn flush_outbox(&mut self) {
+        while !self.outbox.is_empty() {
+            let Some(stdin) = self.stdin.as_mut() else {
+                self.outbox.clear();
+                return;
+            };
+            match stdin.write(&self.outbox) {
+                Ok(n) => {
+                    self.outbox.drain(..n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.stdin = None,
+            }
+        }
+    }
+
+    /// Closes stdin once everything queued has been written: EOF means stop too.
+    pub(crate) fn close_stdin_when_flushed(&mut self) {
+        if self.outbox.is_empty() {
+            self.stdin = None;
+        }
+    }
+
+    /// The stdin descriptor while bytes wait to be written (to poll for writability).
+    pub(crate) fn stdin_pending(&self) -> Option<BorrowedFd<'_>> {
+        match &self.stdin {
+            Some(stdin) if !self.outbox.is_empty() => Some(stdin.as_fd()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn kill(&self, sig: Signal) {
+        if !self.reaped {
+            sys::kill_group(self.pid, sig);
+        }
+    }
+
+    pub(crate) fn try_reap(&mut self) -> Option<(ExitStatus, CpuTime)> {
+        if self.reaped {
+            return None;
+        }
+        let reaped = sys::try_reap(self.pid).ok().flatten();
+        self.reaped = reaped.is_some();
+        reaped
+    }
+
+    pub(crate) fn kill_and_reap(&mut self) -> Option<(ExitStatus, CpuTime)> {
+        if self.reaped {
+            return None;
+        }
+        self.kill(Signal::SIGKILL);
+        self.reaped = true;
+        sys::reap_blocking(self.pid).ok().flatten()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// Splits a non-blocking pipe into lines.
+pub(crate) struct LineReader {
+    fd: Option<File>,
+    buffer: Vec<u8>,
+    /// Bytes at the front of `buffer` already handed out as lines.
+    consumed: usize,
+    /// Bytes of `buffer` already searched for a newline.
+    scanned: usize,
+    /// Length of the unfinished line at the end of `buffer`.
+    partial_len: usize,
+}
+
+/// What one read from a worker pipe gave.
+pub(crate) enum ReadOutcome {
+    /// The pipe is open; complete lines may be waiting in the reader.
+    Open,
+    /// The writer closed its end; the last partial line, if any, is now a line.
+    Eof,
+    /// A line longer than [`MAX_LINE`].
+    LineTooLong,
+}
+
+impl LineReader {
+    fn new(fd: OwnedFd) -> Self {
+        LineReader {
+            fd: Some(File::from(fd)),
+            buffer: Vec::new(),
+            consumed: 0,
+            scanned: 0,
+            partial_len: 0,
+        }
+    }
+
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Reads what the pipe holds now, up to a bound so that one chatty worker cannot
+    /// keep the event loop from the others (poll is level-triggered: the rest waits).
+    pub(crate) fn fill(&mut self) -> ReadOutcome {
+        const READS_PER_FILL: usize = 16;
+        let mut chunk = [0u8; 64 * 1024];
+        for _ in 0..READS_PER_FILL {
+            let Some(fd) = self.fd.as_mut() else {
+                return ReadOutcome::Eof;
+            };
+            match fd.read(&mut chunk) {
+                Ok(0) => {
+                    self.fd = None;
+                    if self.partial_len > 0 {
+                        self.buffer.push(b'\n');
+                        self.partial_len = 0;
+                    }
+                    return ReadOutcome::Eof;
+                }
+                Ok(n) => {
+                    self.compact();
+                    self.buffer.extend_from_slice(&chunk[..n]);
+                    self.partial_len = match chunk[..n].iter().rposition(|&b| b == b'\n') {
+                        Some(last_newline) => n - last_newline - 1,
+                        None => self.partial_len + n,
+                    };
+                    if self.partial_len > MAX_LINE {
+                        self.fd = None;
+                        self.buffer = Vec::new();
+                        (self.consumed, self.scanned, self.partial_len) = (0, 0, 0);
+                        return ReadOutcome::LineTooLong;
+                    }
+                    if n < chunk.len() {
+                        return ReadOutcome::Open;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Open,
+                Err(_) => {
+                    self.fd = None;
+                    return ReadOutcome::Eof;
+                }
+            }
+        }
+        ReadOutcome::Open
+    }
+
+    /// The next complete line, without its newline.
+    pub(crate) fn next_line(&mut self) -> Option<Vec<u8>> {
+        let newline = self.buffer[self.scanned..].iter().position(|&b| b == b'\n');
+        match newline {
+            Some(offset) => {
+                let end = self.scanned + offset;
+                let line = self.buffer[self.consumed..end].to_vec();
+                self.consumed = end + 1;
+                self.scanned = self.consumed;
+                Some(line)
+            }
+            None => {
+                self.scanned = self.buffer.len();
+                None
+            }
+        }
+    }
+
+    /// Drops lines already handed out, moving the rest to the front only when that
+    /// costs less than what was handed out (so many short lines stay linear).
+    fn compact(&mut self) {
+        if self.consumed > 0 && self.consumed * 2 >= self.buffer.len() {
+            self.buffer.drain(..self.consumed);
+            self.scanned -= self.consumed;
+            self.consumed = 0;
+        }
+    }
+}
