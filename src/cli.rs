@@ -85,6 +85,10 @@ pub struct PoolArgs {
     /// How workers are started.
     #[arg(long, global = true, value_enum, default_value_t = StartMode::Spawn)]
     pub start: StartMode,
+    /// Run this command as the worker instead of the built-in one (any executable that
+    /// speaks protocol v1; split into words like a shell would, executed without one).
+    #[arg(long, global = true, value_name = "CMD")]
+    pub child: Option<String>,
     /// Tasks in flight per worker.
     #[arg(long, global = true, default_value_t = DEFAULT_PREFETCH as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]

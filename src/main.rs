@@ -19,7 +19,9 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("procpool: error: {err:#}");
-                ExitCode::from(2)
+                // Usage mistakes exit 2 like clap's; a run that could not proceed exits 1.
+                let usage = err.downcast_ref::<run::UsageError>().is_some();
+                ExitCode::from(if usage { 2 } else { 1 })
             }
         },
     }

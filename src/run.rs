@@ -13,6 +13,11 @@ use serde_json::{json, Value};
 use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
 use crate::workloads::{noop::Noop, primes::Primes, Job, Kind, Summary};
 
+/// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Exit code when Ctrl-C or SIGTERM ended the run (128 + SIGINT, as shells do).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -22,10 +27,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let kind = args.workload.kind();
-    let job: Box<dyn Job> = match &args.workload {
-        WorkloadArgs::Primes(a) => Box::new(Primes::new(a, procs)?),
-        WorkloadArgs::Noop(a) => Box::new(Noop::new(a)),
-    };
+    let job = make_job(&args.workload, procs)
+        // The workload's own options were wrong (a missing file, an impossible size).
+        .map_err(|err| UsageError(format!("{err:#}")))?;
     let config = pool_config(&args.pool, procs, kind)?;
     let pool = Pool::start(config).context("starting the worker pool")?;
     let outcome = drive(pool, job, &args.pool)?;
@@ -33,15 +37,42 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(outcome.exit_code()))
 }
 
+fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
+    Ok(match workload {
+        WorkloadArgs::Primes(args) => Box::new(Primes::new(args, procs)?),
+        WorkloadArgs::Noop(args) => Box::new(Noop::new(args)),
+    })
+}
+
 fn pool_config(args: &PoolArgs, procs: usize, kind: Kind) -> Result<PoolConfig> {
-    let start = match args.start {
-        StartMode::Spawn => WorkerStart::Spawn {
+    let start = match (args.start, &args.child) {
+        (StartMode::Fork, Some(_)) => {
+            return Err(UsageError(
+                "--start fork runs built-in workers; drop it to use --child".into(),
+            )
+            .into())
+        }
+        (StartMode::Spawn, Some(command)) => {
+            let mut words = shell_words::split(command)
+                .map_err(|err| UsageError(format!("--child {command:?}: {err}")))?
+                .into_iter();
+            let program = words
+                .next()
+                .ok_or_else(|| UsageError("--child needs a command".into()))?;
+            WorkerStart::Spawn {
+                program: program.into(),
+                args: words.map(Into::into).collect(),
+            }
+        }
+        (StartMode::Spawn, None) => WorkerStart::Spawn {
             program: std::env::current_exe()
                 .context("finding the procpool executable to start workers")?
                 .into(),
             args: vec!["worker".into(), kind.name().into()],
         },
-        StartMode::Fork => WorkerStart::Fork(Arc::new(move || crate::worker::serve_builtin(kind))),
+        (StartMode::Fork, None) => {
+            WorkerStart::Fork(Arc::new(move || crate::worker::serve_builtin(kind)))
+        }
     };
     let mut config = PoolConfig::new(procs, start);
     config.prefetch = args.prefetch as usize;
@@ -150,8 +181,10 @@ fn on_event(job: &mut dyn Job, event: Event, quiet: bool) -> Result<()> {
             crash,
             tasks,
             restart_in,
+            was_ready,
         } if !quiet => {
             let held = match tasks.as_slice() {
+                [] if !was_ready => String::from("before sending ready"),
                 [] => String::from("while idle"),
                 [(id, attempt)] => format!("while running task {id} (attempt {attempt})"),
                 many => format!(

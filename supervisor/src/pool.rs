@@ -52,14 +52,33 @@ pub enum WorkerStart {
 impl fmt::Debug for WorkerStart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WorkerStart::Spawn { program, args } => f
-                .debug_struct("Spawn")
-                .field("program", program)
-                .field("args", args)
-                .finish(),
-            WorkerStart::Fork(_) => f.write_str("Fork"),
+            WorkerStart::Spawn { program, args } => {
+                let words: Vec<_> = std::iter::once(program).chain(args).collect();
+                write!(f, "`{}`", shell_quote(&words))
+            }
+            WorkerStart::Fork(_) => f.write_str("fork"),
         }
     }
+}
+
+/// Words joined into a command line a shell would read back the same way.
+fn shell_quote(words: &[&OsString]) -> String {
+    words
+        .iter()
+        .map(|word| {
+            let word = word.to_string_lossy();
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                word.into_owned()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Receives each line a worker writes to stderr (and each non-protocol stdout line),
@@ -139,12 +158,14 @@ pub enum PoolError {
     #[error("{0}")]
     Config(String),
     /// A worker process could not be created at all.
-    #[error("cannot start worker {slot}: {source}")]
+    #[error("cannot start worker {slot} ({start:?}): {error}")]
     Start {
         /// The slot being started.
         slot: usize,
+        /// How it was started.
+        start: WorkerStart,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The event loop's own plumbing failed (poll, signal registration).
     #[error("supervisor I/O error: {0}")]
@@ -194,6 +215,8 @@ pub enum Event {
         tasks: Vec<(TaskId, u32)>,
         /// When the slot restarts, if it does.
         restart_in: Option<Duration>,
+        /// Whether it had sent `ready` (a worker that dies before is likely misconfigured).
+        was_ready: bool,
     },
     /// SIGINT or SIGTERM arrived: dispatch has stopped and in-flight tasks get the
     /// grace period. `again` is true for the second one, which kills the workers now.
@@ -416,8 +439,11 @@ impl Pool {
             failures: Vec::new(),
         };
         for slot in 0..pool.slots.len() {
-            pool.spawn(slot)
-                .map_err(|source| PoolError::Start { slot, source })?;
+            pool.spawn(slot).map_err(|error| PoolError::Start {
+                slot,
+                start: pool.config.start.clone(),
+                error,
+            })?;
         }
         pool.next_chaos = pool
             .config
@@ -1154,6 +1180,7 @@ impl Pool {
                 crash,
                 tasks,
                 restart_in,
+                was_ready,
             });
         }
     }
