@@ -9,6 +9,8 @@ use crate::workloads::{self, Kind};
 
 const EXAMPLES: &str = "\
 Examples:
+  procpool run matmul                       C = A·B for two 2048x2048 matrices in shared memory
+  procpool run matmul --n 4096 --check      bigger, and verified independently
   procpool run primes                       count primes below 1e10 on one worker per core
   procpool run primes --limit 1e9 --procs 8 eight workers, oversubscribed if need be
   procpool run noop --tasks 100000 --json   the pool's own overhead, as JSON
@@ -52,6 +54,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum WorkloadArgs {
+    /// Multiply matrices in shared memory, one row block of C per task.
+    Matmul(workloads::matmul::Args),
     /// Count primes below --limit with a segmented sieve, one range per task.
     Primes(workloads::primes::Args),
     /// Empty tasks, to measure the pool's own overhead per task.
@@ -61,6 +65,7 @@ pub enum WorkloadArgs {
 impl WorkloadArgs {
     pub fn kind(&self) -> Kind {
         match self {
+            WorkloadArgs::Matmul(_) => Kind::Matmul,
             WorkloadArgs::Primes(_) => Kind::Primes,
             WorkloadArgs::Noop(_) => Kind::Noop,
         }

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use procpool_child::ArraySpec;
 use procpool_supervisor::{
     Event, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy, RunEnd, TaskOutcome, WorkerStart,
 };
 use serde_json::{json, Value};
 
 use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
-use crate::workloads::{noop::Noop, primes::Primes, Job, Kind, Summary};
+use crate::workloads::{matmul::Matmul, noop::Noop, primes::Primes, Job, Kind, Summary};
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let job = make_job(&args.workload, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
         .map_err(|err| UsageError(format!("{err:#}")))?;
-    let config = pool_config(&args.pool, procs, kind)?;
+    let mut config = pool_config(&args.pool, procs, kind)?;
+    for shared in job.shared_arrays() {
+        config.inherit_fds.push(shared.array.raw_fd());
+        config.arrays.insert(
+            shared.name.into(),
+            ArraySpec::of(shared.array, shared.writable),
+        );
+    }
     let pool = Pool::start(config).context("starting the worker pool")?;
     let outcome = drive(pool, job, &args.pool)?;
     print_outcome(&outcome, &args.pool, kind, procs)?;
@@ -39,6 +47,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
     Ok(match workload {
+        WorkloadArgs::Matmul(args) => Box::new(Matmul::new(args, procs)?),
         WorkloadArgs::Primes(args) => Box::new(Primes::new(args, procs)?),
         WorkloadArgs::Noop(args) => Box::new(Noop::new(args)),
     })

@@ -5,7 +5,17 @@ use crate::workloads::Kind;
 
 /// Serves tasks of `kind` on stdin/stdout until `stop`; returns the exit code.
 pub fn serve_builtin(kind: Kind) -> i32 {
-    match procpool_child::serve(|task| kind.run_task(&task.input)) {
+    let mut run_task = match kind.worker() {
+        Ok(run_task) => run_task,
+        Err(err) => {
+            eprintln!(
+                "procpool worker: cannot start a {} worker: {err}",
+                kind.name()
+            );
+            return 1;
+        }
+    };
+    match procpool_child::serve(|task| run_task(&task.input)) {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("procpool worker: lost the supervisor's pipes: {err}");

@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
+use procpool_shm::{SharedArray, ShmError};
 use serde::{Deserialize, Serialize};
 
 /// Set to the protocol version in every worker's environment.
@@ -26,6 +29,23 @@ pub struct ArraySpec {
     pub writable: bool,
 }
 
+impl ArraySpec {
+    /// Describes `array` to workers, which may write to it if `writable`.
+    pub fn of(array: &SharedArray, writable: bool) -> ArraySpec {
+        ArraySpec {
+            path: array.worker_path(),
+            dtype: array.dtype().descr(),
+            shape: array.shape().to_vec(),
+            writable,
+        }
+    }
+
+    /// Maps the array this spec describes (what a worker does with it).
+    pub fn open(&self) -> Result<SharedArray, ShmError> {
+        SharedArray::open(Path::new(&self.path), self.writable)
+    }
+}
+
 /// The worker's view of the pool, read from its environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerEnv {
@@ -47,6 +67,18 @@ pub struct EnvError {
 }
 
 impl WorkerEnv {
+    /// Opens the shared array called `name`, or says which arrays there are.
+    pub fn open_array(&self, name: &str) -> Result<SharedArray, String> {
+        let spec = self.arrays.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.arrays.keys().map(String::as_str).collect();
+            format!(
+                "no shared array {name:?} in {ENV_ARRAYS} (it has {known:?}); is this worker run by procpool?"
+            )
+        })?;
+        spec.open()
+            .map_err(|err| format!("shared array {name:?}: {err}"))
+    }
+
     /// Reads the worker environment; absent variables take their defaults (slot 0 of 1, no arrays).
     pub fn from_env() -> Result<WorkerEnv, EnvError> {
         Self::from_lookup(|name| std::env::var(name).ok())

@@ -198,6 +198,25 @@ pub enum ShmError {
         dtype_size: usize,
     },
 
+    /// Matrix slices whose lengths do not fit the dimensions of a product.
+    #[error(
+        "matrix product {m}x{k} times {k}x{n}: {which} holds {got} elements, expected {expected}"
+    )]
+    ProductShape {
+        /// Rows of the left factor and of the product.
+        m: usize,
+        /// Columns of the left factor, rows of the right one.
+        k: usize,
+        /// Columns of the right factor and of the product.
+        n: usize,
+        /// Which operand is wrong: "a", "b" or "c".
+        which: &'static str,
+        /// Its length.
+        got: usize,
+        /// The length the dimensions call for.
+        expected: usize,
+    },
+
     /// A path handed to `SharedArray::open` is not a sealed memfd.
     #[error(
         "not a procpool shared array: the file can shrink under the mapping (no F_SEAL_SHRINK seal); \

@@ -32,6 +32,9 @@
 //!   ([`read_npy_f64`], [`write_npy`], [`NpyWriter`]).
 //! - [`SharedArray`]: memfd-backed arrays and their cross-process contract.
 //! - [`FileMap`]: read-only file maps that release pages chunk by chunk.
+//! - [`matmul_into`]: a safe, single-threaded SIMD dgemm over row-major slices
+//!   (the `gemm` crate's kernel; its raw-pointer interface is wrapped here so that
+//!   `unsafe` stays in this crate).
 //! - [`chunks`]: [`row_chunks`](chunks::row_chunks) and
 //!   [`even_split`](chunks::even_split).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -40,11 +43,13 @@
 pub mod chunks;
 mod error;
 mod filemap;
+mod matmul;
 pub mod npy;
 mod shared;
 
 pub use error::{Result, ShmError};
 pub use filemap::FileMap;
+pub use matmul::matmul_into;
 pub use npy::{
     decode_f64, encode_header, read_npy_f64, write_npy, DType, Element, ElementKind, NpyHeader,
     NpyWriter,

@@ -2,11 +2,13 @@
 //! side (a [`Job`]: task inputs out, outputs reduced, a summary at the end) and the
 //! worker side (`run_task`: one input to one output, run inside a worker process).
 
+pub mod matmul;
 pub mod noop;
 pub mod primes;
 
 use anyhow::Result;
 use procpool_child::TaskId;
+use procpool_shm::SharedArray;
 use procpool_supervisor::{PoolReport, TaskOutcome};
 use serde_json::Value;
 
@@ -25,9 +27,42 @@ pub trait Job {
         Ok(())
     }
 
+    /// The shared arrays the job's workers map, described to them in `PROCPOOL_ARRAYS`.
+    fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
+        Vec::new()
+    }
+
     /// The job's result once the pool is joined.
     fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary>;
 }
+
+/// A shared array as a job's workers see it.
+pub struct SharedArrayUse<'a> {
+    pub name: &'static str,
+    pub array: &'a SharedArray,
+    pub writable: bool,
+}
+
+impl<'a> SharedArrayUse<'a> {
+    pub fn read_only(name: &'static str, array: &'a SharedArray) -> Self {
+        SharedArrayUse {
+            name,
+            array,
+            writable: false,
+        }
+    }
+
+    pub fn writable(name: &'static str, array: &'a SharedArray) -> Self {
+        SharedArrayUse {
+            name,
+            array,
+            writable: true,
+        }
+    }
+}
+
+/// The worker side of a workload: one task input to its output, or an error message.
+pub type TaskHandler = Box<dyn FnMut(&Value) -> Result<Value, String>>;
 
 /// What a job reports: one line for people, one JSON value for scripts.
 pub struct Summary {
@@ -44,21 +79,25 @@ impl Summary {
 /// The workloads a built-in worker can run, by the name the CLI uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    Matmul,
     Primes,
     Noop,
 }
 
 impl Kind {
-    /// The worker side: runs one task of this workload.
-    pub fn run_task(self, input: &Value) -> Result<Value, String> {
-        match self {
-            Kind::Primes => primes::run_task(input),
-            Kind::Noop => noop::run_task(input),
-        }
+    /// The worker side: sets up what this workload's worker needs (maps its shared
+    /// arrays) and returns the function that runs one task.
+    pub fn worker(self) -> Result<TaskHandler, String> {
+        Ok(match self {
+            Kind::Matmul => matmul::worker()?,
+            Kind::Primes => Box::new(primes::run_task),
+            Kind::Noop => Box::new(noop::run_task),
+        })
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Matmul => "matmul",
             Kind::Primes => "primes",
             Kind::Noop => "noop",
         }
