@@ -34,7 +34,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a workload on a pool of worker processes.
     #[command(after_help = EXAMPLES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
     #[command(hide = true)]
     Worker {

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { workload } => ExitCode::from(worker::serve_builtin(workload) as u8),
-        Command::Run(args) => match run::run(args) {
+        Command::Run(args) => match run::run(*args) {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("procpool: error: {err:#}");
