@@ -15,6 +15,7 @@ Examples:
   procpool run primes --limit 1e9 --procs 8 eight workers, oversubscribed if need be
   procpool run noop --tasks 100000 --json   the pool's own overhead, as JSON
   procpool run primes --start fork          fork the workers instead of re-executing
+  procpool run crash --mode segv --every 10 one task in ten segfaults its worker
 
 While a run goes, `kill -9` any worker pid: the slot restarts and its task is retried.
 Ctrl-C stops dispatch and lets running tasks finish; a second Ctrl-C kills them.
@@ -56,6 +57,8 @@ pub struct RunArgs {
 pub enum WorkloadArgs {
     /// Multiply matrices in shared memory, one row block of C per task.
     Matmul(workloads::matmul::Args),
+    /// Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error).
+    Crash(workloads::crash::Args),
     /// Count primes below --limit with a segmented sieve, one range per task.
     Primes(workloads::primes::Args),
     /// Empty tasks, to measure the pool's own overhead per task.
@@ -65,6 +68,7 @@ pub enum WorkloadArgs {
 impl WorkloadArgs {
     pub fn kind(&self) -> Kind {
         match self {
+            WorkloadArgs::Crash(_) => Kind::Crash,
             WorkloadArgs::Matmul(_) => Kind::Matmul,
             WorkloadArgs::Primes(_) => Kind::Primes,
             WorkloadArgs::Noop(_) => Kind::Noop,
@@ -98,7 +102,7 @@ pub struct PoolArgs {
     #[arg(long, global = true, default_value_t = DEFAULT_PREFETCH as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub prefetch: u32,
-    /// A task held by this many crashed workers is quarantined as failed.
+    /// A task that was running in this many crashed workers is quarantined as failed.
     #[arg(long, global = true, default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_attempts: u32,

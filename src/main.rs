@@ -2,6 +2,7 @@
 
 mod cli;
 mod run;
+mod status;
 mod worker;
 mod workloads;
 

@@ -1,7 +1,9 @@
 //! `procpool run`: builds the pool for a workload, feeds it, reports.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,7 +14,10 @@ use procpool_supervisor::{
 use serde_json::{json, Value};
 
 use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
-use crate::workloads::{matmul::Matmul, noop::Noop, primes::Primes, Job, Kind, Summary};
+use crate::status::{Status, REDRAW_EVERY};
+use crate::workloads::{
+    crash::Crash, matmul::Matmul, noop::Noop, primes::Primes, Job, Kind, Summary,
+};
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +44,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             ArraySpec::of(shared.array, shared.writable),
         );
     }
+    let status = Rc::new(RefCell::new(Status::new(args.pool.quiet)));
+    if status.borrow().is_live() {
+        config.tick = Some(REDRAW_EVERY);
+    }
+    let log_status = Rc::clone(&status);
+    config.on_log = Box::new(move |slot, line| log_status.borrow_mut().worker_log(slot, line));
     let pool = Pool::start(config).context("starting the worker pool")?;
-    let outcome = drive(pool, job, &args.pool)?;
+    let outcome = drive(pool, job, &args.pool, &status)?;
     print_outcome(&outcome, &args.pool, kind, procs)?;
     Ok(ExitCode::from(outcome.exit_code()))
 }
 
 fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
     Ok(match workload {
+        WorkloadArgs::Crash(args) => Box::new(Crash::new(args)?),
         WorkloadArgs::Matmul(args) => Box::new(Matmul::new(args, procs)?),
         WorkloadArgs::Primes(args) => Box::new(Primes::new(args, procs)?),
         WorkloadArgs::Noop(args) => Box::new(Noop::new(args)),
@@ -121,8 +133,15 @@ impl Outcome {
 
 /// Feeds the job's tasks to the pool (a bounded window ahead, so a job can stream its
 /// inputs), reduces every answer, and shuts the pool down.
-fn drive(mut pool: Pool, mut job: Box<dyn Job>, args: &PoolArgs) -> Result<Outcome> {
+fn drive(
+    mut pool: Pool,
+    mut job: Box<dyn Job>,
+    args: &PoolArgs,
+    status: &Rc<RefCell<Status>>,
+) -> Result<Outcome> {
     let window = pool.procs() * args.prefetch as usize * 4 + 64;
+    let total = job.total_tasks();
+    let mut done = 0u64;
     let mut error = None;
     let mut exhausted = false;
     loop {
@@ -145,12 +164,25 @@ fn drive(mut pool: Pool, mut job: Box<dyn Job>, args: &PoolArgs) -> Result<Outco
             Err(PoolError::Aborted(_)) => break,
             Err(err) => return Err(err.into()),
         };
-        if let Err(err) = on_event(&mut *job, event, args.quiet) {
+        if let Event::Task { .. } = event {
+            done += 1;
+        }
+        if let Event::Tick = event {
+            status.borrow_mut().draw(&pool.workers(), done, total);
+            continue;
+        }
+        if let Err(err) = on_event(
+            &mut *job,
+            event,
+            &mut status.borrow_mut(),
+            args.max_attempts,
+        ) {
             error = Some(err);
             break;
         }
     }
     let report = pool.shutdown();
+    status.borrow_mut().clear();
     let summary = if error.is_none() && report.end == RunEnd::Completed {
         Some(job.summary(&report)?)
     } else {
@@ -163,7 +195,7 @@ fn drive(mut pool: Pool, mut job: Box<dyn Job>, args: &PoolArgs) -> Result<Outco
     })
 }
 
-fn on_event(job: &mut dyn Job, event: Event, quiet: bool) -> Result<()> {
+fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: u32) -> Result<()> {
     match event {
         Event::Task {
             id,
@@ -177,11 +209,12 @@ fn on_event(job: &mut dyn Job, event: Event, quiet: bool) -> Result<()> {
             ..
         } => {
             match &outcome {
-                TaskOutcome::Error(message) => eprintln!("procpool: task {id} failed: {message}"),
-                TaskOutcome::Failed(crashes) => eprintln!(
-                    "procpool: task {id} quarantined after {attempts} attempts; last: {}",
+                TaskOutcome::Error(message) => status.warn(&format!("task {id} failed: {message}")),
+                TaskOutcome::Failed(crashes) => status.warn(&format!(
+                    "task {id} quarantined after {} crashes in {attempts} attempts; last: {}",
+                    crashes.len(),
                     crashes.last().map_or(String::new(), |c| c.to_string())
-                ),
+                )),
                 TaskOutcome::Output(_) => unreachable!("matched above"),
             }
             job.on_failure(id, &outcome)?;
@@ -191,31 +224,31 @@ fn on_event(job: &mut dyn Job, event: Event, quiet: bool) -> Result<()> {
             tasks,
             restart_in,
             was_ready,
-        } if !quiet => {
+        } => {
             let held = match tasks.as_slice() {
                 [] if !was_ready => String::from("before sending ready"),
                 [] => String::from("while idle"),
-                [(id, attempt)] => format!("while running task {id} (attempt {attempt})"),
-                many => format!(
-                    "while holding tasks {}",
-                    many.iter()
-                        .map(|(id, _)| id.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                [(id, attempt), waiting @ ..] => {
+                    let mut held =
+                        format!("while running task {id} (attempt {attempt}/{max_attempts})");
+                    if !waiting.is_empty() {
+                        held.push_str(&format!(", {} more queued", waiting.len()));
+                    }
+                    held
+                }
             };
             let next = match restart_in {
                 Some(delay) if delay.is_zero() => "restarting".to_string(),
                 Some(delay) => format!("restarting in {delay:.0?}"),
                 None => "not restarting".to_string(),
             };
-            eprintln!("procpool: {crash} {held}; {next}");
+            status.event(&format!("{crash} {held}; {next}"));
         }
-        Event::Interrupted { again: false } => eprintln!(
-            "procpool: interrupted; letting running tasks finish (Ctrl-C again to kill them now)"
-        ),
-        Event::Interrupted { again: true } => eprintln!("procpool: killing workers now"),
-        Event::WorkerDied { .. } | Event::WorkerStarted { .. } | Event::Tick => {}
+        Event::Interrupted { again: false } => {
+            status.warn("interrupted; letting running tasks finish (Ctrl-C again to kill them now)")
+        }
+        Event::Interrupted { again: true } => status.warn("killing workers now"),
+        Event::WorkerStarted { .. } | Event::Tick => {}
     }
     Ok(())
 }

@@ -35,6 +35,7 @@
 //! - [`matmul_into`]: a safe, single-threaded SIMD dgemm over row-major slices
 //!   (the `gemm` crate's kernel; its raw-pointer interface is wrapped here so that
 //!   `unsafe` stays in this crate).
+//! - [`fault::segfault`]: a genuine invalid memory access, for crash tests.
 //! - [`chunks`]: [`row_chunks`](chunks::row_chunks) and
 //!   [`even_split`](chunks::even_split).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -42,6 +43,7 @@
 
 pub mod chunks;
 mod error;
+pub mod fault;
 mod filemap;
 mod matmul;
 pub mod npy;

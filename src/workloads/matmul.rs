@@ -199,6 +199,10 @@ impl Job for Matmul {
         Ok(())
     }
 
+    fn total_tasks(&self) -> Option<u64> {
+        Some(self.a.shape()[0].div_ceil(self.block) as u64)
+    }
+
     fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
         vec![
             SharedArrayUse::read_only("a", &self.a),

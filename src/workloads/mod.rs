@@ -2,6 +2,7 @@
 //! side (a [`Job`]: task inputs out, outputs reduced, a summary at the end) and the
 //! worker side (`run_task`: one input to one output, run inside a worker process).
 
+pub mod crash;
 pub mod matmul;
 pub mod noop;
 pub mod primes;
@@ -25,6 +26,11 @@ pub trait Job {
     /// crash). The run report counts these whatever the job does.
     fn on_failure(&mut self, _id: TaskId, _outcome: &TaskOutcome) -> Result<()> {
         Ok(())
+    }
+
+    /// How many tasks the job will put, when it knows (for progress and ETA).
+    fn total_tasks(&self) -> Option<u64> {
+        None
     }
 
     /// The shared arrays the job's workers map, described to them in `PROCPOOL_ARRAYS`.
@@ -79,6 +85,7 @@ impl Summary {
 /// The workloads a built-in worker can run, by the name the CLI uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    Crash,
     Matmul,
     Primes,
     Noop,
@@ -89,6 +96,7 @@ impl Kind {
     /// arrays) and returns the function that runs one task.
     pub fn worker(self) -> Result<TaskHandler, String> {
         Ok(match self {
+            Kind::Crash => Box::new(crash::run_task),
             Kind::Matmul => matmul::worker()?,
             Kind::Primes => Box::new(primes::run_task),
             Kind::Noop => Box::new(noop::run_task),
@@ -97,6 +105,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Crash => "crash",
             Kind::Matmul => "matmul",
             Kind::Primes => "primes",
             Kind::Noop => "noop",

@@ -17,6 +17,7 @@ pub struct Args {
 
 /// The supervisor side: `tasks` nulls out, nulls back.
 pub struct Noop {
+    tasks: u64,
     remaining: u64,
     done: u64,
 }
@@ -24,6 +25,7 @@ pub struct Noop {
 impl Noop {
     pub fn new(args: &Args) -> Noop {
         Noop {
+            tasks: args.tasks,
             remaining: args.tasks,
             done: 0,
         }
@@ -39,6 +41,10 @@ impl Job for Noop {
     fn reduce(&mut self, _id: TaskId, _output: Value) -> Result<()> {
         self.done += 1;
         Ok(())
+    }
+
+    fn total_tasks(&self) -> Option<u64> {
+        Some(self.tasks)
     }
 
     fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {

@@ -77,6 +77,10 @@ impl Job for Primes {
         Ok(())
     }
 
+    fn total_tasks(&self) -> Option<u64> {
+        Some(self.limit.div_ceil(self.range))
+    }
+
     fn summary(self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
         Ok(Summary::new(
             format!("{} primes below {}", self.count, self.limit),

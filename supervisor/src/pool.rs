@@ -95,7 +95,8 @@ pub struct PoolConfig {
     /// about [`QUEUED_WORK_TARGET`] of measured task time, so long tasks still balance
     /// at the end of a run while tiny ones are batched through the pipes.
     pub prefetch: usize,
-    /// A task that has been held by this many dying workers is quarantined as failed.
+    /// A task that was running in this many dying workers is quarantined as failed.
+    /// Tasks that only waited in a dying worker's pipe are retried without charge.
     pub max_attempts: u32,
     /// How many unplanned worker deaths the pool absorbs, and how fast it restarts.
     pub restart: RestartPolicy,
@@ -182,7 +183,7 @@ pub enum TaskOutcome {
     Output(Value),
     /// The worker's `error` message; the worker was fine.
     Error(String),
-    /// Quarantined after `max_attempts` workers died holding it.
+    /// Quarantined after `max_attempts` workers died running it.
     Failed(Vec<Crash>),
 }
 
@@ -722,10 +723,12 @@ impl Pool {
                 self.read_stdout(slot);
             }
         }
-        // Reap on every turn rather than only on SIGCHLD: a wait4(WNOHANG) per slot is
-        // cheap, and it catches a death whose SIGCHLD raced with the previous poll.
+        // A death shows as SIGCHLD (the self-pipe, drained above before reaping, so a
+        // later death wakes the next poll) or as EOF on the worker's stdout.
         for slot in 0..self.slots.len() {
-            self.reap(slot);
+            if ready.children || self.slots[slot].stdout_closed_at.is_some() {
+                self.reap(slot);
+            }
         }
         self.on_deadlines(Instant::now());
         Ok(())
@@ -1162,9 +1165,6 @@ impl Pool {
             .iter()
             .map(|id| (*id, self.tasks.get(id).map_or(0, |t| t.attempt)))
             .collect();
-        for &id in &held {
-            self.on_task_lost(slot, id, &crash);
-        }
         let restart_in = if planned && crash.status.success() {
             // A recycled worker (max tasks per child) is replaced straight away.
             (self.ending == Ending::Running).then_some(Duration::ZERO)
@@ -1177,11 +1177,18 @@ impl Pool {
         };
         if !planned {
             self.events.push_back(Event::WorkerDied {
-                crash,
+                crash: crash.clone(),
                 tasks,
                 restart_in,
                 was_ready,
             });
+        }
+        // A worker runs its tasks in order, so the oldest it held is the one it was
+        // running when it died; the others waited in its pipe and go back uncharged.
+        // A chaos kill is nobody's fault.
+        let blameless = crash.killed_by_procpool == Some(KillReason::Chaos);
+        for (position, &id) in held.iter().enumerate() {
+            self.on_task_lost(slot, id, (position == 0 && !blameless).then_some(&crash));
         }
     }
 
@@ -1221,7 +1228,9 @@ impl Pool {
         Some(backoff(&self.config.restart, young_deaths, entropy))
     }
 
-    fn on_task_lost(&mut self, slot: usize, id: TaskId, crash: &Crash) {
+    /// Puts back a task whose worker died, charging it with the crash if it was the
+    /// one running; a task charged with `max_attempts` crashes is quarantined.
+    fn on_task_lost(&mut self, slot: usize, id: TaskId, blamed: Option<&Crash>) {
         if self.ending != Ending::Running || self.aborted.is_some() {
             self.abandon(id);
             return;
@@ -1230,13 +1239,21 @@ impl Pool {
             .tasks
             .get_mut(&id)
             .expect("an in-flight task has a record");
+        let Some(crash) = blamed else {
+            self.queue.retry(id);
+            return;
+        };
         task.crashes.push(crash.clone());
-        if task.attempt < self.config.max_attempts {
+        if task.crashes.len() < self.config.max_attempts as usize {
             self.queue.retry(id);
             return;
         }
         let task = self.tasks.remove(&id).expect("checked above");
-        let message = format!("quarantined after {} attempts; last: {crash}", task.attempt);
+        let message = format!(
+            "quarantined after {} crashes in {} attempts; last: {crash}",
+            task.crashes.len(),
+            task.attempt
+        );
         self.failures.push(TaskFailure {
             id,
             attempts: task.attempt,

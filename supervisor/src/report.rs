@@ -101,7 +101,7 @@ impl fmt::Display for Crash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "worker {} (pid {}) {}", self.slot, self.pid, self.status)?;
         if let Some(reason) = self.killed_by_procpool {
-            write!(f, " by procpool: {reason}")?;
+            write!(f, " (sent by procpool: {reason})")?;
         } else if self.likely_oom() {
             write!(f, " (not sent by procpool: likely the OOM killer)")?;
         }
@@ -188,7 +188,7 @@ pub struct PoolReport {
     pub tasks_ok: u64,
     /// Tasks answered with an error by the worker.
     pub tasks_error: u64,
-    /// Tasks quarantined after killing `max_attempts` workers.
+    /// Tasks quarantined after `max_attempts` workers died running them.
     pub tasks_failed: u64,
     /// Tasks never finished because the run was interrupted or aborted.
     pub tasks_not_run: u64,

@@ -110,6 +110,8 @@ impl Drop for WorkerProcess {
 /// Splits a non-blocking pipe into lines.
 pub(crate) struct LineReader {
     fd: Option<File>,
+    /// Where each read lands before it is appended: allocated (and zeroed) once, not per read.
+    chunk: Box<[u8]>,
     buffer: Vec<u8>,
     /// Bytes at the front of `buffer` already handed out as lines.
     consumed: usize,
@@ -133,6 +135,7 @@ impl LineReader {
     fn new(fd: OwnedFd) -> Self {
         LineReader {
             fd: Some(File::from(fd)),
+            chunk: vec![0; 64 * 1024].into_boxed_slice(),
             buffer: Vec::new(),
             consumed: 0,
             scanned: 0,
@@ -152,12 +155,11 @@ impl LineReader {
     /// keep the event loop from the others (poll is level-triggered: the rest waits).
     pub(crate) fn fill(&mut self) -> ReadOutcome {
         const READS_PER_FILL: usize = 16;
-        let mut chunk = [0u8; 64 * 1024];
         for _ in 0..READS_PER_FILL {
             let Some(fd) = self.fd.as_mut() else {
                 return ReadOutcome::Eof;
             };
-            match fd.read(&mut chunk) {
+            match fd.read(&mut self.chunk) {
                 Ok(0) => {
                     self.fd = None;
                     if self.partial_len > 0 {
@@ -168,8 +170,9 @@ impl LineReader {
                 }
                 Ok(n) => {
                     self.compact();
-                    self.buffer.extend_from_slice(&chunk[..n]);
-                    self.partial_len = match chunk[..n].iter().rposition(|&b| b == b'\n') {
+                    let chunk = &self.chunk[..n];
+                    self.buffer.extend_from_slice(chunk);
+                    self.partial_len = match chunk.iter().rposition(|&b| b == b'\n') {
                         Some(last_newline) => n - last_newline - 1,
                         None => self.partial_len + n,
                     };
@@ -179,7 +182,7 @@ impl LineReader {
                         (self.consumed, self.scanned, self.partial_len) = (0, 0, 0);
                         return ReadOutcome::LineTooLong;
                     }
-                    if n < chunk.len() {
+                    if n < self.chunk.len() {
                         return ReadOutcome::Open;
                     }
                 }

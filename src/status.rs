@@ -1,0 +1,140 @@
+//! What a person sees on stderr while a run goes: log lines and worker events, and —
+//! when stderr is a terminal — a worker table with a progress bar, redrawn in place.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use procpool_supervisor::WorkerStatus;
+
+/// How often the live table is redrawn.
+pub const REDRAW_EVERY: Duration = Duration::from_millis(200);
+
+/// Owns stderr for the run, so log lines and the live table never interleave.
+pub struct Status {
+    live: bool,
+    quiet: bool,
+    /// Lines of the table currently on screen (erased before anything else is printed).
+    drawn: usize,
+    started: Instant,
+}
+
+impl Status {
+    /// A live table only on a terminal, and not with `--quiet`.
+    pub fn new(quiet: bool) -> Status {
+        Status {
+            live: !quiet && std::io::stderr().is_terminal(),
+            quiet,
+            drawn: 0,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// A worker's log line (always shown, even with `--quiet`: it is the worker's voice).
+    pub fn worker_log(&mut self, slot: usize, line: &str) {
+        self.print(&format!("[w{slot}] {line}"));
+    }
+
+    /// A pool event such as a worker's death; hidden by `--quiet`.
+    pub fn event(&mut self, line: &str) {
+        if !self.quiet {
+            self.print(&format!("procpool: {line}"));
+        }
+    }
+
+    /// A line that matters whatever the options: errors and failed tasks.
+    pub fn warn(&mut self, line: &str) {
+        self.print(&format!("procpool: {line}"));
+    }
+
+    fn print(&mut self, line: &str) {
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "{}{line}", self.erase());
+    }
+
+    /// Redraws the worker table and progress bar (only on a terminal).
+    pub fn draw(&mut self, workers: &[WorkerStatus], done: u64, total: Option<u64>) {
+        if !self.live {
+            return;
+        }
+        let mut frame = self.erase();
+        frame.push_str("slot  pid      state        task      done  restarts  last exit\n");
+        for w in workers {
+            let task = w.current_task.map_or("-".to_string(), |id| id.to_string());
+            let exit = w
+                .last_exit
+                .as_ref()
+                .map_or("-".to_string(), |e| e.to_string());
+            frame.push_str(&format!(
+                "w{:<4} {:<8} {:<12} {:<9} {:<5} {:<9} {}\n",
+                w.slot, w.pid, w.state, task, w.tasks_done, w.restarts, exit
+            ));
+        }
+        frame.push_str(&progress_line(done, total, self.started.elapsed()));
+        frame.push('\n');
+        self.drawn = workers.len() + 2;
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(frame.as_bytes());
+        let _ = stderr.flush();
+    }
+
+    /// Removes the table from the screen (at the end of the run).
+    pub fn clear(&mut self) {
+        let erase = self.erase();
+        let _ = std::io::stderr().lock().write_all(erase.as_bytes());
+    }
+
+    /// The escape sequence that moves up over the drawn table and clears it.
+    fn erase(&mut self) -> String {
+        let lines = std::mem::take(&mut self.drawn);
+        if lines == 0 {
+            String::new()
+        } else {
+            format!("\x1b[{lines}A\x1b[J")
+        }
+    }
+}
+
+fn progress_line(done: u64, total: Option<u64>, elapsed: Duration) -> String {
+    let elapsed_s = elapsed.as_secs_f64();
+    let Some(total) = total.filter(|&t| t > 0) else {
+        return format!("{done} tasks done, elapsed {elapsed_s:.1}s");
+    };
+    const WIDTH: usize = 30;
+    let fraction = (done as f64 / total as f64).min(1.0);
+    let filled = (fraction * WIDTH as f64).round() as usize;
+    let eta = if done == 0 {
+        "?".to_string()
+    } else {
+        format!(
+            "{:.1}s",
+            elapsed_s / done as f64 * (total - done.min(total)) as f64
+        )
+    };
+    format!(
+        "[{}{}] {done}/{total} tasks {:>3.0}%  elapsed {elapsed_s:.1}s  ETA {eta}",
+        "=".repeat(filled),
+        " ".repeat(WIDTH - filled),
+        fraction * 100.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_shows_fraction_and_eta() {
+        let line = progress_line(25, Some(100), Duration::from_secs(10));
+        assert!(line.contains("25/100 tasks  25%"), "{line}");
+        assert!(line.contains("ETA 30.0s"), "{line}");
+        assert!(line.starts_with("[========"), "{line}");
+        assert_eq!(
+            progress_line(3, None, Duration::from_secs(1)),
+            "3 tasks done, elapsed 1.0s"
+        );
+    }
+}

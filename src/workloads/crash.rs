@@ -1,0 +1,169 @@
+//! `crash`: a workload whose every K-th task fails in a chosen way, for real, to watch
+//! (and test) how the pool contains failures.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use procpool_child::TaskId;
+use procpool_supervisor::{PoolReport, TaskOutcome};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Job, Summary};
+
+/// How a failing task fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A real invalid memory access: the kernel sends SIGSEGV.
+    Segv,
+    /// `abort()`: SIGABRT.
+    Abort,
+    /// A Rust panic: the worker exits with code 101.
+    Panic,
+    /// `exit(3)` in the middle of the task.
+    Exit,
+    /// The worker sends itself SIGKILL (as the OOM killer would).
+    Kill,
+    /// Never answers; only `--task-timeout` gets the worker back.
+    Hang,
+    /// Allocates past a 256 MiB address-space limit until the allocator fails (SIGABRT).
+    Oom,
+    /// Answers with an error message; the worker itself is fine.
+    Error,
+}
+
+/// Options of `procpool run crash`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// How the failing tasks fail.
+    #[arg(long, value_enum, default_value_t = Mode::Segv)]
+    pub mode: Mode,
+    /// Every K-th task fails (tasks K, 2K, 3K, … counting from 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub every: u64,
+    /// How many tasks.
+    #[arg(long, default_value = "100", value_parser = crate::cli::parse_count)]
+    pub tasks: u64,
+    /// Milliseconds of work (sleep) in every task, so kills land mid-task.
+    #[arg(long, default_value_t = 10)]
+    pub task_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Input {
+    index: u64,
+    fail: Option<Mode>,
+    task_ms: u64,
+}
+
+/// The supervisor side: plans which tasks fail and counts what came back.
+pub struct Crash {
+    args: Args,
+    next: u64,
+    ok: u64,
+    errors: u64,
+    failed: u64,
+}
+
+impl Crash {
+    pub fn new(args: &Args) -> Result<Crash> {
+        ensure!(args.task_ms <= 3_600_000, "--task-ms is at most an hour");
+        Ok(Crash {
+            args: args.clone(),
+            next: 0,
+            ok: 0,
+            errors: 0,
+            failed: 0,
+        })
+    }
+}
+
+impl Job for Crash {
+    fn next_task(&mut self) -> Option<Result<Value>> {
+        if self.next >= self.args.tasks {
+            return None;
+        }
+        let index = self.next;
+        self.next += 1;
+        let fail = ((index + 1) % self.args.every == 0).then_some(self.args.mode);
+        Some(Ok(json!(Input {
+            index,
+            fail,
+            task_ms: self.args.task_ms
+        })))
+    }
+
+    fn reduce(&mut self, _id: TaskId, _output: Value) -> Result<()> {
+        self.ok += 1;
+        Ok(())
+    }
+
+    fn on_failure(&mut self, _id: TaskId, outcome: &TaskOutcome) -> Result<()> {
+        match outcome {
+            TaskOutcome::Error(_) => self.errors += 1,
+            _ => self.failed += 1,
+        }
+        Ok(())
+    }
+
+    fn total_tasks(&self) -> Option<u64> {
+        Some(self.args.tasks)
+    }
+
+    fn summary(self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
+        let planned = self.args.tasks / self.args.every;
+        Ok(Summary::new(
+            format!(
+                "{} ok, {} answered with an error, {} failed ({planned} planned to fail by {:?})",
+                self.ok, self.errors, self.failed, self.args.mode
+            ),
+            json!({"ok": self.ok, "errors": self.errors, "failed": self.failed,
+                   "planned_failures": planned, "mode": self.args.mode}),
+        ))
+    }
+}
+
+pub fn run_task(input: &Value) -> Result<Value, String> {
+    let Input {
+        index,
+        fail,
+        task_ms,
+    } = serde_json::from_value(input.clone())
+        .map_err(|err| format!("crash task input {input}: {err}"))?;
+    std::thread::sleep(Duration::from_millis(task_ms));
+    match fail {
+        None => Ok(json!(index)),
+        Some(Mode::Segv) => procpool_shm::fault::segfault(),
+        Some(Mode::Abort) => std::process::abort(),
+        Some(Mode::Panic) => panic!("task {index} panics, as asked"),
+        Some(Mode::Exit) => std::process::exit(3),
+        Some(Mode::Kill) => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            unreachable!("SIGKILL cannot be caught")
+        }
+        Some(Mode::Hang) => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        Some(Mode::Oom) => exhaust_memory(),
+        Some(Mode::Error) => Err(format!("task {index} fails, as asked")),
+    }
+}
+
+/// Caps this process's address space, then allocates and touches memory until the
+/// allocator fails, which aborts the process. The cap keeps a test from pushing the
+/// whole machine into the kernel's OOM killer.
+fn exhaust_memory() -> ! {
+    use nix::sys::resource::{setrlimit, Resource};
+    const LIMIT: u64 = 256 << 20;
+    if let Err(err) = setrlimit(Resource::RLIMIT_AS, LIMIT, LIMIT) {
+        eprintln!(
+            "cannot cap the address space ({err}); aborting instead of exhausting the machine"
+        );
+        std::process::abort();
+    }
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 16 << 20]);
+    }
+}
