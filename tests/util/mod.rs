@@ -146,7 +146,19 @@ impl Running {
     }
 
     /// Waits for the exit (bounded by the timeout) and asserts its code.
-    pub fn wait(mut self, expected_code: i32) -> Output {
+    pub fn wait(self, expected_code: i32) -> Output {
+        let description = self.description.clone();
+        let output = self.finish();
+        assert!(
+            output.code == Some(expected_code),
+            "{description} ended with {:?}, expected code {expected_code}\n{output}",
+            output.code
+        );
+        output
+    }
+
+    /// Waits for the exit (bounded by the timeout), whatever it is.
+    pub fn finish(mut self) -> Output {
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("waiting for procpool") {
                 break status;
@@ -162,13 +174,7 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let output = self.output(status.code());
-        assert!(
-            status.code() == Some(expected_code),
-            "{} exited with {status}, expected code {expected_code}\n{output}",
-            self.description
-        );
-        output
+        self.output(status.code())
     }
 
     fn output(&mut self, code: Option<i32>) -> Output {
@@ -311,7 +317,13 @@ pub fn assert_no_orphans(pids: &[i32], within: Duration) {
             .collect();
         left.is_empty()
     });
-    assert!(gone, "processes left alive after {within:?}: {left:?}");
+    if !gone {
+        // Fail, but leave no runaway process on the machine either.
+        for p in &left {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        panic!("processes left alive after {within:?} (now killed): {left:?}");
+    }
 }
 
 /// Polls `condition` every 10 ms until it holds (true) or `timeout` passes (false).
