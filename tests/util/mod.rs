@@ -1,0 +1,341 @@
+//! The one helper every end-to-end test uses: run the real `procpool` binary in its
+//! own temp dir, with a timeout so a hang fails the test instead of hanging CI, and
+//! look at the processes it leaves behind through `/proc`.
+//!
+//! Modelled on ripgrep's `tests/util.rs`. Each test crate uses a different part of it.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long a run may take before the test calls it a hang. Generous: debug build,
+/// two cores, tests running side by side.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The test crate's root (where `examples/` lives).
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One `procpool` invocation, run in a fresh temp dir.
+pub struct Procpool {
+    dir: tempfile::TempDir,
+    command: Command,
+    timeout: Duration,
+}
+
+impl Procpool {
+    /// `procpool <args...>`, with the temp dir as working directory.
+    pub fn new<I, S>(args: I) -> Procpool
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let dir = tempfile::Builder::new()
+            .prefix("procpool-test-")
+            .tempdir()
+            .expect("a temp dir");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+        command.args(args).current_dir(dir.path());
+        Procpool {
+            dir,
+            command,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The run's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to `name` in the run's directory (a worker script, say).
+    pub fn write(self, name: &str, contents: &str) -> Procpool {
+        std::fs::write(self.dir.path().join(name), contents).expect("writing a test file");
+        self
+    }
+
+    /// Replaces the default timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Procpool {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs to the end and asserts the exit code; panics with the output otherwise.
+    pub fn run(self, expected_code: i32) -> Output {
+        self.spawn().wait(expected_code)
+    }
+
+    /// Starts the run and returns at once, for tests that signal it while it runs.
+    pub fn spawn(mut self) -> Running {
+        let mut child = self
+            .command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting procpool");
+        let stdout = read_all(child.stdout.take().expect("piped"));
+        let stderr = read_all(child.stderr.take().expect("piped"));
+        Running {
+            description: format!("{:?}", self.command),
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            deadline: Instant::now() + self.timeout,
+            _dir: self.dir,
+        }
+    }
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// A `procpool` process still running. Dropping it SIGKILLs the supervisor (its
+/// workers follow by PDEATHSIG), so a failed assertion leaves nothing behind.
+pub struct Running {
+    description: String,
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    deadline: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// The supervisor's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the supervisor.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("signalling procpool");
+    }
+
+    /// The supervisor's live child processes (its workers), once at least `count` exist
+    /// and each has used some CPU, i.e. is past start-up and working on a task.
+    pub fn busy_workers(&self, count: usize) -> Vec<i32> {
+        let supervisor = self.pid();
+        let mut workers = Vec::new();
+        let found = wait_until(Duration::from_secs(20), || {
+            workers = processes()
+                .into_iter()
+                .filter(|p| p.ppid == supervisor && p.is_live() && p.cpu_ticks > 0)
+                .map(|p| p.pid)
+                .collect();
+            workers.len() >= count
+        });
+        assert!(
+            found,
+            "{count} busy workers of pid {supervisor} never showed up (have {workers:?})"
+        );
+        workers
+    }
+
+    /// Waits for the exit (bounded by the timeout) and asserts its code.
+    pub fn wait(self, expected_code: i32) -> Output {
+        let description = self.description.clone();
+        let output = self.finish();
+        assert!(
+            output.code == Some(expected_code),
+            "{description} ended with {:?}, expected code {expected_code}\n{output}",
+            output.code
+        );
+        output
+    }
+
+    /// Waits for the exit (bounded by the timeout), whatever it is.
+    pub fn finish(mut self) -> Output {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for procpool") {
+                break status;
+            }
+            if Instant::now() >= self.deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let output = self.output(None);
+                panic!(
+                    "{} did not finish in time (killed it)\n{output}",
+                    self.description
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.output(status.code())
+    }
+
+    fn output(&mut self, code: Option<i32>) -> Output {
+        let join = |handle: Option<JoinHandle<String>>| {
+            handle.map_or_else(String::new, |h| h.join().expect("reader thread"))
+        };
+        Output {
+            code,
+            stdout: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.stdout.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a finished run printed.
+pub struct Output {
+    /// The exit code; `None` if a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// stdout parsed as the one JSON object `--json` prints.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|err| panic!("stdout is not one JSON object ({err})\n{self}"))
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--- exit code: {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The pids of the workers in a `--json` report.
+pub fn worker_pids(report: &Value) -> Vec<i32> {
+    report["workers"]
+        .as_array()
+        .expect("report.workers is an array")
+        .iter()
+        .map(|w| w["pid"].as_i64().expect("worker.pid") as i32)
+        .collect()
+}
+
+/// One line of `/proc/<pid>/stat`, the fields the tests need.
+#[derive(Debug, Clone)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+impl ProcStat {
+    /// Running or sleeping: not a zombie waiting to be reaped, not dead.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+
+    fn parse(text: &str) -> Option<ProcStat> {
+        // "pid (comm) state ppid pgrp ..." where comm may hold spaces and parentheses.
+        let (head, rest) = text.rsplit_once(')')?;
+        let pid = head.split_once(' ')?.0.trim().parse().ok()?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is field 3 of proc(5): state; utime and stime are fields 14, 15.
+        Some(ProcStat {
+            pid,
+            state: fields.first()?.chars().next()?,
+            ppid: fields.get(1)?.parse().ok()?,
+            pgrp: fields.get(2)?.parse().ok()?,
+            cpu_ticks: fields.get(11)?.parse::<u64>().ok()?
+                + fields.get(12)?.parse::<u64>().ok()?,
+        })
+    }
+}
+
+/// Every process in `/proc` (those that vanish while being read are skipped).
+pub fn processes() -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let text = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            ProcStat::parse(&text)
+        })
+        .collect()
+}
+
+/// `pid` itself, if it is alive (not a zombie).
+pub fn is_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|text| ProcStat::parse(&text))
+        .is_some_and(|p| p.is_live())
+}
+
+/// Live processes whose parent or process group is `pid`: a supervisor's workers, or
+/// (workers lead their own group) a worker and anything it started.
+pub fn live_processes_of(pid: i32) -> Vec<ProcStat> {
+    processes()
+        .into_iter()
+        .filter(|p| (p.ppid == pid || p.pgrp == pid) && p.is_live())
+        .collect()
+}
+
+/// Asserts that none of `pids` nor anything in their process groups or below them is
+/// alive, waiting up to `within` for stragglers to die.
+pub fn assert_no_orphans(pids: &[i32], within: Duration) {
+    let mut left = Vec::new();
+    let gone = wait_until(within, || {
+        left = pids
+            .iter()
+            .flat_map(|&pid| {
+                let mut alive = live_processes_of(pid);
+                if is_alive(pid) && !alive.iter().any(|p| p.pid == pid) {
+                    alive.extend(processes().into_iter().filter(|p| p.pid == pid));
+                }
+                alive
+            })
+            .collect();
+        left.is_empty()
+    });
+    if !gone {
+        // Fail, but leave no runaway process on the machine either.
+        for p in &left {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        panic!("processes left alive after {within:?} (now killed): {left:?}");
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
