@@ -15,7 +15,10 @@ Examples:
   procpool run primes --limit 1e9 --procs 8 eight workers, oversubscribed if need be
   procpool run noop --tasks 100000 --json   the pool's own overhead, as JSON
   procpool run primes --start fork          fork the workers instead of re-executing
+  procpool run mandelbrot --out set.png     the classic image, rows balanced dynamically
   procpool run crash --mode segv --every 10 one task in ten segfaults its worker
+
+  procpool bench primes --procs 1,2 -- --limit 1e9   scaling table
 
 While a run goes, `kill -9` any worker pid: the slot restarts and its task is retried.
 Ctrl-C stops dispatch and lets running tasks finish; a second Ctrl-C kills them.
@@ -36,6 +39,8 @@ pub enum Command {
     /// Run a workload on a pool of worker processes.
     #[command(after_help = EXAMPLES)]
     Run(Box<RunArgs>),
+    /// Run a workload at several pool sizes and report speedup and efficiency.
+    Bench(crate::bench::BenchArgs),
     /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
     #[command(hide = true)]
     Worker {
@@ -55,6 +60,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum WorkloadArgs {
+    /// Draw the Mandelbrot set into a shared image, a few rows per task.
+    Mandelbrot(workloads::mandelbrot::Args),
     /// Multiply matrices in shared memory, one row block of C per task.
     Matmul(workloads::matmul::Args),
     /// Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error).
@@ -69,6 +76,7 @@ impl WorkloadArgs {
     pub fn kind(&self) -> Kind {
         match self {
             WorkloadArgs::Crash(_) => Kind::Crash,
+            WorkloadArgs::Mandelbrot(_) => Kind::Mandelbrot,
             WorkloadArgs::Matmul(_) => Kind::Matmul,
             WorkloadArgs::Primes(_) => Kind::Primes,
             WorkloadArgs::Noop(_) => Kind::Noop,

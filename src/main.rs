@@ -1,5 +1,6 @@
 //! `procpool`: run work on a pool of isolated worker processes.
 
+mod bench;
 mod cli;
 mod run;
 mod status;
@@ -16,6 +17,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { workload } => ExitCode::from(worker::serve_builtin(workload) as u8),
+        Command::Bench(args) => match bench::bench(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("procpool: error: {err:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run(args) => match run::run(*args) {
             Ok(code) => code,
             Err(err) => {

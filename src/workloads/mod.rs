@@ -3,6 +3,7 @@
 //! worker side (`run_task`: one input to one output, run inside a worker process).
 
 pub mod crash;
+pub mod mandelbrot;
 pub mod matmul;
 pub mod noop;
 pub mod primes;
@@ -86,6 +87,7 @@ impl Summary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     Crash,
+    Mandelbrot,
     Matmul,
     Primes,
     Noop,
@@ -97,6 +99,7 @@ impl Kind {
     pub fn worker(self) -> Result<TaskHandler, String> {
         Ok(match self {
             Kind::Crash => Box::new(crash::run_task),
+            Kind::Mandelbrot => mandelbrot::worker()?,
             Kind::Matmul => matmul::worker()?,
             Kind::Primes => Box::new(primes::run_task),
             Kind::Noop => Box::new(noop::run_task),
@@ -106,6 +109,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Crash => "crash",
+            Kind::Mandelbrot => "mandelbrot",
             Kind::Matmul => "matmul",
             Kind::Primes => "primes",
             Kind::Noop => "noop",

@@ -1,0 +1,291 @@
+//! `mandelbrot`: the escape-time image, rows as tasks writing into a shared buffer.
+//!
+//! Rows near the set take far longer than rows far from it, so small tasks and the
+//! pool's dynamic dispatch (a worker takes the next rows as soon as it is free) are
+//! what balance the load; a static split would leave one worker with the slow middle.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use procpool_child::{TaskId, WorkerEnv};
+use procpool_shm::{Element, SharedArray};
+use procpool_supervisor::PoolReport;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Job, SharedArrayUse, Summary, TaskHandler};
+
+/// Options of `procpool run mandelbrot`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1600)]
+    pub width: usize,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 1200)]
+    pub height: usize,
+    /// Iterations before a point counts as inside the set.
+    #[arg(long, default_value_t = 2000)]
+    pub max_iter: u32,
+    /// Rows per task.
+    #[arg(long, default_value_t = 4)]
+    pub rows: usize,
+    /// Write the image as a PNG.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The part of the complex plane drawn: x from -2.5 to 1; y centred on 0, scaled to
+/// keep pixels square.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct View {
+    pub width: usize,
+    pub height: usize,
+    pub max_iter: u32,
+}
+
+impl View {
+    fn point(&self, column: usize, row: usize) -> (f64, f64) {
+        let scale = 3.5 / self.width as f64;
+        let x = -2.5 + (column as f64 + 0.5) * scale;
+        let y = (row as f64 + 0.5 - self.height as f64 / 2.0) * scale;
+        (x, y)
+    }
+
+    /// Iterations until |z| > 2 for the pixel's point, or `max_iter`.
+    pub fn escape_time(&self, column: usize, row: usize) -> u32 {
+        let (cx, cy) = self.point(column, row);
+        let (mut x, mut y) = (0.0f64, 0.0f64);
+        let mut n = 0;
+        while n < self.max_iter && x * x + y * y <= 4.0 {
+            let next_x = x * x - y * y + cx;
+            y = 2.0 * x * y + cy;
+            x = next_x;
+            n += 1;
+        }
+        n
+    }
+
+    /// Escape times of rows `lo..hi`, row-major.
+    pub fn rows(&self, lo: usize, hi: usize, out: &mut [i32]) {
+        for (offset, row) in (lo..hi).enumerate() {
+            for column in 0..self.width {
+                out[offset * self.width + column] = self.escape_time(column, row) as i32;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Input {
+    view: View,
+    lo: usize,
+    hi: usize,
+}
+
+/// The supervisor side: hands out row blocks, sums the checksums, writes the PNG.
+pub struct Mandelbrot {
+    view: View,
+    rows_per_task: usize,
+    next_row: usize,
+    checksum: u64,
+    image: SharedArray,
+    out: Option<PathBuf>,
+}
+
+impl Mandelbrot {
+    pub fn new(args: &Args) -> Result<Mandelbrot> {
+        ensure!(
+            args.width > 0 && args.height > 0,
+            "--width and --height must be at least 1"
+        );
+        ensure!(args.rows > 0, "--rows must be at least 1");
+        ensure!(args.max_iter > 0, "--max-iter must be at least 1");
+        Ok(Mandelbrot {
+            view: View {
+                width: args.width,
+                height: args.height,
+                max_iter: args.max_iter,
+            },
+            rows_per_task: args.rows,
+            next_row: 0,
+            checksum: 0,
+            image: SharedArray::create("image", i32::DTYPE, &[args.height, args.width])?,
+            out: args.out.clone(),
+        })
+    }
+}
+
+impl Job for Mandelbrot {
+    fn next_task(&mut self) -> Option<Result<Value>> {
+        if self.next_row >= self.view.height {
+            return None;
+        }
+        let lo = self.next_row;
+        let hi = (lo + self.rows_per_task).min(self.view.height);
+        self.next_row = hi;
+        Some(Ok(json!(Input {
+            view: self.view,
+            lo,
+            hi
+        })))
+    }
+
+    fn reduce(&mut self, _id: TaskId, output: Value) -> Result<()> {
+        self.checksum += output
+            .as_u64()
+            .with_context(|| format!("a mandelbrot task answered {output}, not a checksum"))?;
+        Ok(())
+    }
+
+    fn total_tasks(&self) -> Option<u64> {
+        Some(self.view.height.div_ceil(self.rows_per_task) as u64)
+    }
+
+    fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
+        vec![SharedArrayUse::writable("image", &self.image)]
+    }
+
+    fn summary(self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
+        let View {
+            width,
+            height,
+            max_iter,
+        } = self.view;
+        let mut headline = format!(
+            "{width}x{height} pixels, max {max_iter} iterations, checksum {}",
+            self.checksum
+        );
+        if let Some(path) = &self.out {
+            write_png(path, &self.view, self.image.as_slice::<i32>()?)?;
+            headline.push_str(&format!("; image written to {}", path.display()));
+        }
+        Ok(Summary::new(
+            headline,
+            json!({"width": width, "height": height, "max_iter": max_iter,
+                   "checksum": self.checksum, "out": self.out}),
+        ))
+    }
+}
+
+/// Sum of all escape times: what tests compare with a serial computation.
+pub fn checksum(iterations: &[i32]) -> u64 {
+    iterations.iter().map(|&n| n as u64).sum()
+}
+
+/// The worker side: maps the image, fills row blocks, answers their checksum.
+pub fn worker() -> Result<TaskHandler, String> {
+    let env = WorkerEnv::from_env().map_err(|err| err.to_string())?;
+    let mut image = env.open_array("image")?;
+    Ok(Box::new(move |input| {
+        let Input { view, lo, hi } = serde_json::from_value(input.clone())
+            .map_err(|err| format!("mandelbrot task input {input}: {err}"))?;
+        if image.shape() != [view.height, view.width] {
+            return Err(format!(
+                "the shared image is {:?}, the task draws {}x{}",
+                image.shape(),
+                view.height,
+                view.width
+            ));
+        }
+        let rows = image
+            .rows_mut::<i32>(lo..hi)
+            .map_err(|err| err.to_string())?;
+        view.rows(lo, hi, rows);
+        Ok(json!(checksum(rows)))
+    }))
+}
+
+/// Colours escape times with a smooth palette (deep blue → white → orange → black
+/// inside the set) and writes an 8-bit RGB PNG.
+fn write_png(path: &Path, view: &View, iterations: &[i32]) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        view.width as u32,
+        view.height as u32,
+    );
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    let pixels: Vec<u8> = iterations
+        .iter()
+        .flat_map(|&n| colour(n as u32, view.max_iter))
+        .collect();
+    writer.write_image_data(&pixels)?;
+    writer.finish()?;
+    Ok(())
+}
+
+fn colour(iterations: u32, max_iter: u32) -> [u8; 3] {
+    if iterations >= max_iter {
+        return [0, 0, 0];
+    }
+    // Logarithmic so the thin filaments near the set stay visible.
+    let t = ((iterations as f64 + 1.0).ln() / (max_iter as f64 + 1.0).ln()).clamp(0.0, 1.0);
+    const STOPS: [(f64, [f64; 3]); 5] = [
+        (0.0, [0.0, 7.0, 100.0]),
+        (0.16, [32.0, 107.0, 203.0]),
+        (0.42, [237.0, 255.0, 255.0]),
+        (0.64, [255.0, 170.0, 0.0]),
+        (0.86, [0.0, 2.0, 0.0]),
+    ];
+    let t = (t * 1.6).fract();
+    let upper = STOPS
+        .iter()
+        .position(|&(at, _)| at > t)
+        .unwrap_or(STOPS.len());
+    let (from, to) = if upper == 0 || upper == STOPS.len() {
+        (STOPS[STOPS.len() - 1], (1.0, STOPS[0].1))
+    } else {
+        (STOPS[upper - 1], STOPS[upper])
+    };
+    let span = (to.0 - from.0).max(1e-9);
+    let mix = ((t - from.0) / span).clamp(0.0, 1.0);
+    let mut rgb = [0u8; 3];
+    for (channel, value) in rgb.iter_mut().enumerate() {
+        *value = (from.1[channel] + (to.1[channel] - from.1[channel]) * mix).round() as u8;
+    }
+    rgb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_blocks_add_up_to_the_serial_image() {
+        let view = View {
+            width: 64,
+            height: 48,
+            max_iter: 200,
+        };
+        let mut serial = vec![0; 64 * 48];
+        for row in 0..48 {
+            for column in 0..64 {
+                serial[row * 64 + column] = view.escape_time(column, row) as i32;
+            }
+        }
+        let mut blocks = vec![0; 64 * 48];
+        for lo in (0..48).step_by(5) {
+            let hi = (lo + 5).min(48);
+            view.rows(lo, hi, &mut blocks[lo * 64..hi * 64]);
+        }
+        assert_eq!(blocks, serial);
+        // The set is there: some points never escape, some escape at once.
+        assert!(serial.contains(&200) && serial.contains(&1));
+    }
+
+    #[test]
+    fn points_inside_and_outside() {
+        let view = View {
+            width: 7,
+            height: 5,
+            max_iter: 100,
+        };
+        // Column 5 of 7 sits at x = 0.25 + ..., near the cusp; column 0 at x ≈ -2.25.
+        assert_eq!(view.escape_time(0, 0), 1);
+        assert_eq!(view.escape_time(3, 2), 100, "x = -0.75, y = 0 is inside");
+    }
+}
