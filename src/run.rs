@@ -135,6 +135,10 @@ impl Outcome {
 
 /// Feeds the job's tasks to the pool (a bounded window ahead, so a job can stream its
 /// inputs), reduces every answer, and shuts the pool down.
+///
+/// The job is asked for tasks before every wait, so a job whose tasks come from
+/// results (a crawl's links, a BFS level) adds them as they appear; the run ends when
+/// the pool is joined and the job has nothing more.
 fn drive(
     mut pool: Pool,
     mut job: Box<dyn Job>,
@@ -145,24 +149,24 @@ fn drive(
     let total = job.total_tasks();
     let mut done = 0u64;
     let mut error = None;
-    let mut exhausted = false;
+    let mut planning_failed = false;
     loop {
-        while !exhausted && !pool.interrupted() && pool.unfinished() < window {
+        while !planning_failed && !pool.interrupted() && pool.unfinished() < window {
             match job.next_task() {
                 Some(Ok(input)) => {
                     pool.put(input);
                 }
                 Some(Err(err)) => {
                     error = Some(err.context("preparing tasks"));
-                    exhausted = true;
+                    planning_failed = true;
                 }
-                None => exhausted = true,
+                None => break,
             }
         }
         let event = match pool.next_event() {
             Ok(Some(event)) => event,
-            Ok(None) if exhausted || pool.interrupted() => break,
-            Ok(None) => continue,
+            // Joined right after asking the job for more: the run is over.
+            Ok(None) => break,
             Err(PoolError::Aborted(_)) => break,
             Err(err) => return Err(err.into()),
         };
