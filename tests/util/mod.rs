@@ -38,11 +38,20 @@ impl Procpool {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Procpool::program(env!("CARGO_BIN_EXE_procpool"), args)
+    }
+
+    /// Another program (an example built by cargo) run the same way.
+    pub fn program<I, S>(program: impl AsRef<std::ffi::OsStr>, args: I) -> Procpool
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let dir = tempfile::Builder::new()
             .prefix("procpool-test-")
             .tempdir()
             .expect("a temp dir");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+        let mut command = Command::new(program);
         command.args(args).current_dir(dir.path());
         Procpool {
             dir,
