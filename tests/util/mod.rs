@@ -71,6 +71,13 @@ impl Procpool {
         self
     }
 
+    /// Runs it as the leader of a new process group, as a shell does with a job, so
+    /// a test can signal the group the way a terminal's Ctrl-C does.
+    pub fn own_process_group(mut self) -> Procpool {
+        std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
+        self
+    }
+
     /// Replaces the default timeout.
     pub fn timeout(mut self, timeout: Duration) -> Procpool {
         self.timeout = timeout;
