@@ -6,7 +6,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 use util::{assert_no_orphans, worker_pids, Procpool};
@@ -94,6 +94,27 @@ fn sigint_lets_tasks_in_flight_finish_and_exits_130() {
 #[test]
 fn sigterm_behaves_like_the_first_sigint() {
     interrupt_drains(Signal::SIGTERM);
+}
+
+#[test]
+fn ctrl_c_at_a_terminal_reaches_the_supervisor_alone() {
+    // A terminal sends SIGINT to the whole foreground process group. Workers lead
+    // groups of their own, so they keep running their tasks and stop cleanly.
+    let run = Procpool::new([
+        "run", "primes", "--limit", "1e11", "--range", "1e7", "--procs", "2", "--grace", "30",
+        "--json",
+    ])
+    .own_process_group()
+    .spawn();
+    run.busy_workers(2);
+    killpg(Pid::from_raw(run.pid()), Signal::SIGINT).expect("signalling the job's group");
+    let output = run.wait(130);
+    let report = output.json();
+    assert_eq!(report["end"], json!("interrupted"), "{output}");
+    for worker in workers(&report) {
+        assert_eq!(worker["exit"], json!({"exited": 0}), "{output}");
+    }
+    assert_no_orphans(&worker_pids(&report), Duration::ZERO);
 }
 
 #[test]

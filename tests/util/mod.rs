@@ -38,11 +38,20 @@ impl Procpool {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Procpool::program(env!("CARGO_BIN_EXE_procpool"), args)
+    }
+
+    /// Another program (an example built by cargo) run the same way.
+    pub fn program<I, S>(program: impl AsRef<std::ffi::OsStr>, args: I) -> Procpool
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let dir = tempfile::Builder::new()
             .prefix("procpool-test-")
             .tempdir()
             .expect("a temp dir");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+        let mut command = Command::new(program);
         command.args(args).current_dir(dir.path());
         Procpool {
             dir,
@@ -59,6 +68,13 @@ impl Procpool {
     /// Writes `contents` to `name` in the run's directory (a worker script, say).
     pub fn write(self, name: &str, contents: &str) -> Procpool {
         std::fs::write(self.dir.path().join(name), contents).expect("writing a test file");
+        self
+    }
+
+    /// Runs it as the leader of a new process group, as a shell does with a job, so
+    /// a test can signal the group the way a terminal's Ctrl-C does.
+    pub fn own_process_group(mut self) -> Procpool {
+        std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
         self
     }
 
