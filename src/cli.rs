@@ -16,6 +16,7 @@ Examples:
   procpool run noop --tasks 100000 --json   the pool's own overhead, as JSON
   procpool run primes --start fork          fork the workers instead of re-executing
   procpool run mandelbrot --out set.png     the classic image, rows balanced dynamically
+  procpool run maze --big --size 1001       one maze, BFS level by level across workers
   procpool run crash --mode segv --every 10 one task in ten segfaults its worker
 
   procpool bench primes --procs 1,2 -- --limit 1e9   scaling table
@@ -66,6 +67,8 @@ pub enum WorkloadArgs {
     Matmul(workloads::matmul::Args),
     /// Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error).
     Crash(workloads::crash::Args),
+    /// Generate mazes from a seed and solve them by BFS; --big: one maze, parallel BFS.
+    Maze(workloads::maze::Args),
     /// Count primes below --limit with a segmented sieve, one range per task.
     Primes(workloads::primes::Args),
     /// Empty tasks, to measure the pool's own overhead per task.
@@ -78,6 +81,7 @@ impl WorkloadArgs {
             WorkloadArgs::Crash(_) => Kind::Crash,
             WorkloadArgs::Mandelbrot(_) => Kind::Mandelbrot,
             WorkloadArgs::Matmul(_) => Kind::Matmul,
+            WorkloadArgs::Maze(_) => Kind::Maze,
             WorkloadArgs::Primes(_) => Kind::Primes,
             WorkloadArgs::Noop(_) => Kind::Noop,
         }

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
 use crate::status::{Status, REDRAW_EVERY};
 use crate::workloads::{
-    crash::Crash, mandelbrot::Mandelbrot, matmul::Matmul, noop::Noop, primes::Primes, Job, Kind,
-    Summary,
+    crash::Crash, mandelbrot::Mandelbrot, matmul::Matmul, maze::MazeJob, noop::Noop,
+    primes::Primes, Job, Kind, Summary,
 };
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
@@ -62,6 +62,7 @@ fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
         WorkloadArgs::Crash(args) => Box::new(Crash::new(args)?),
         WorkloadArgs::Mandelbrot(args) => Box::new(Mandelbrot::new(args)?),
         WorkloadArgs::Matmul(args) => Box::new(Matmul::new(args, procs)?),
+        WorkloadArgs::Maze(args) => Box::new(MazeJob::new(args, procs)?),
         WorkloadArgs::Primes(args) => Box::new(Primes::new(args, procs)?),
         WorkloadArgs::Noop(args) => Box::new(Noop::new(args)),
     })

@@ -151,3 +151,116 @@ fn bench_names_a_failing_run() {
     assert!(output.stderr.contains("--limit"), "{output}");
     assert!(!output.stderr.contains("panicked"), "{output}");
 }
+
+/// The maze generator and BFS, ported to Python from their description: SplitMix64,
+/// depth-first carving (neighbours tried north, east, south, west), then braiding the
+/// east and south walls in cell order.
+const MAZE_REFERENCE: &str = r#"
+import sys
+from collections import deque
+M = (1 << 64) - 1
+class SplitMix:
+    def __init__(self, seed): self.s = seed & M
+    def next(self):
+        self.s = (self.s + 0x9E3779B97F4A7C15) & M
+        z = self.s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+    def unit(self): return (self.next() >> 11) / float(1 << 53)
+N, E, S, W = 1, 2, 4, 8
+OPPOSITE = {N: S, E: W, S: N, W: E}
+def step(n, c, d):
+    r, col = divmod(c, n)
+    if d == N and r > 0: return c - n
+    if d == E and col + 1 < n: return c + 1
+    if d == S and r + 1 < n: return c + n
+    if d == W and col > 0: return c - 1
+    return None
+def generate(n, seed, braid):
+    rng, open_, seen, stack = SplitMix(seed), [0] * (n * n), [False] * (n * n), [0]
+    seen[0] = True
+    while stack:
+        c = stack[-1]
+        choices = [(d, x) for d in (N, E, S, W) for x in [step(n, c, d)] if x is not None and not seen[x]]
+        if not choices:
+            stack.pop(); continue
+        d, x = choices[rng.next() % len(choices)]
+        open_[c] |= d; open_[x] |= OPPOSITE[d]; seen[x] = True; stack.append(x)
+    for c in range(n * n):
+        for d in (E, S):
+            x = step(n, c, d)
+            if x is not None and open_[c] & d == 0 and rng.unit() < braid:
+                open_[c] |= d; open_[x] |= OPPOSITE[d]
+    return open_
+def solve(n, open_):
+    dist, queue = {0: 0}, deque([0])
+    while queue:
+        c = queue.popleft()
+        if c == n * n - 1: return dist[c]
+        for d in (N, E, S, W):
+            if open_[c] & d:
+                x = step(n, c, d)
+                if x not in dist: dist[x] = dist[c] + 1; queue.append(x)
+n, first, count, braid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+print(" ".join(str(solve(n, generate(n, first + i, braid))) for i in range(count)))
+"#;
+
+fn reference_maze_lengths(size: u32, seed: u64, count: u32, braid: f64) -> Vec<u64> {
+    let output = Command::new("python3")
+        .args(["-c", MAZE_REFERENCE])
+        .args([
+            size.to_string(),
+            seed.to_string(),
+            count.to_string(),
+            braid.to_string(),
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn maze_path_lengths_match_an_independent_serial_solver() {
+    let expected = reference_maze_lengths(25, 11, 12, 0.1);
+    for extra in [&["--procs", "1"][..], &["--procs", "3", "--start", "fork"]] {
+        let mut args = vec![
+            "run", "maze", "--size", "25", "--mazes", "12", "--seed", "11", "--braid", "0.1",
+            "--json", "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let output = Procpool::new(&args).run(0);
+        let lengths: Vec<u64> = output.json()["result"]["lengths"]
+            .as_array()
+            .expect("lengths")
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert_eq!(lengths, expected, "{extra:?}\n{output}");
+    }
+}
+
+#[test]
+fn big_maze_parallel_bfs_agrees_with_the_serial_solver() {
+    let expected = reference_maze_lengths(120, 5, 1, 0.05)[0];
+    for procs in ["1", "4"] {
+        let output = Procpool::new([
+            "run", "maze", "--big", "--size", "120", "--seed", "5", "--braid", "0.05", "--procs",
+            procs, "--json", "--quiet",
+        ])
+        .run(0);
+        let result = &output.json()["result"];
+        assert_eq!(result["length"], json!(expected), "{output}");
+        assert_eq!(result["serial_length"], json!(expected), "{output}");
+        // Reaching distance d takes d level-synchronous expansions: one barrier each.
+        assert_eq!(result["levels"], json!(expected), "{output}");
+    }
+}

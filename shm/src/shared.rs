@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::AtomicI32;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -238,6 +239,20 @@ impl SharedArray {
         cast_elements_mut(&mut map[range]).ok_or(misaligned)
     }
 
+    /// All elements of a writable `i4` array as atomics, for workers that update the
+    /// same cells concurrently (claiming them with compare-and-swap) instead of
+    /// writing disjoint row blocks. Every process touching the array at the same time
+    /// must go through atomics too; the `&mut self` borrow keeps this process's other
+    /// views away while the atomic one lives.
+    pub fn as_atomic_i32(&mut self) -> Result<&[AtomicI32]> {
+        let cells: *mut [i32] = self.as_mut_slice::<i32>()?;
+        // SAFETY: `AtomicI32` has the size and alignment of `i32` (std guarantees
+        // it); `as_mut_slice` checked alignment, length and writability; the result
+        // borrows `self` mutably, so no plain view of the same memory exists in this
+        // process while the atomic one is alive.
+        Ok(unsafe { &*(cells as *const [AtomicI32]) })
+    }
+
     /// The elements of the rows in `rows`, in C order. Fails like
     /// [`as_slice`](SharedArray::as_slice), for a 0-d array, and when `rows`
     /// reaches past [`rows`](SharedArray::rows).
@@ -306,6 +321,31 @@ mod tests {
 
     fn open_twin(array: &SharedArray, writable: bool) -> SharedArray {
         SharedArray::open(Path::new(&array.worker_path()), writable).unwrap()
+    }
+
+    #[test]
+    fn atomic_views_claim_each_cell_once_across_mappings() {
+        use std::sync::atomic::Ordering;
+        let mut first = SharedArray::create("claims", i32::DTYPE, &[8]).unwrap();
+        first.as_mut_slice::<i32>().unwrap().fill(-1);
+        let mut second = open_twin(&first, true);
+        let (a, b) = (
+            first.as_atomic_i32().unwrap(),
+            second.as_atomic_i32().unwrap(),
+        );
+        assert!(a[3]
+            .compare_exchange(-1, 7, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok());
+        assert_eq!(
+            b[3].compare_exchange(-1, 9, Ordering::AcqRel, Ordering::Acquire),
+            Err(7),
+            "the other mapping sees the claim"
+        );
+        let mut floats = SharedArray::create("f", DType::F64_LE, &[2]).unwrap();
+        assert!(
+            floats.as_atomic_i32().is_err(),
+            "only i4 arrays have an atomic view"
+        );
     }
 
     #[test]

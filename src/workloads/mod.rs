@@ -5,6 +5,7 @@
 pub mod crash;
 pub mod mandelbrot;
 pub mod matmul;
+pub mod maze;
 pub mod noop;
 pub mod primes;
 
@@ -89,6 +90,7 @@ pub enum Kind {
     Crash,
     Mandelbrot,
     Matmul,
+    Maze,
     Primes,
     Noop,
 }
@@ -101,6 +103,7 @@ impl Kind {
             Kind::Crash => Box::new(crash::run_task),
             Kind::Mandelbrot => mandelbrot::worker()?,
             Kind::Matmul => matmul::worker()?,
+            Kind::Maze => maze::worker()?,
             Kind::Primes => Box::new(primes::run_task),
             Kind::Noop => Box::new(noop::run_task),
         })
@@ -111,6 +114,7 @@ impl Kind {
             Kind::Crash => "crash",
             Kind::Mandelbrot => "mandelbrot",
             Kind::Matmul => "matmul",
+            Kind::Maze => "maze",
             Kind::Primes => "primes",
             Kind::Noop => "noop",
         }
