@@ -659,9 +659,16 @@ impl Pool {
             return;
         }
         let deadline_ms = self.config.task_timeout.map(|t| t.as_millis() as u64);
+        let max_tasks = self.config.max_tasks_per_child;
         for depth in 0..self.dispatch_depth() {
             for slot in &mut self.slots {
                 if slot.phase != Phase::Ready || slot.in_flight.len() != depth {
+                    continue;
+                }
+                // A process retiring after `max_tasks_per_child` answers gets no task
+                // it would have to answer past that number.
+                let promised = slot.tasks_this_process + slot.in_flight.len() as u64;
+                if max_tasks.is_some_and(|max| promised >= max) {
                     continue;
                 }
                 let Some(id) = self.queue.take() else {
