@@ -178,6 +178,12 @@ fn drive(
             status.borrow_mut().draw(&pool.workers(), done, total);
             continue;
         }
+        // A death line under a table that still shows the dead pid busy misleads:
+        // redraw at once when a slot's process changes, not at the next tick.
+        let slot_changed = matches!(
+            event,
+            Event::WorkerDied { .. } | Event::WorkerStarted { .. }
+        );
         if let Err(err) = on_event(
             &mut *job,
             event,
@@ -186,6 +192,9 @@ fn drive(
         ) {
             error = Some(err);
             break;
+        }
+        if slot_changed {
+            status.borrow_mut().draw(&pool.workers(), done, total);
         }
     }
     let report = pool.shutdown();

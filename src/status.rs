@@ -15,6 +15,9 @@ pub struct Status {
     quiet: bool,
     /// Lines of the table currently on screen (erased before anything else is printed).
     drawn: usize,
+    /// The table as last drawn, put back under every line printed above it, so that a
+    /// stream of events does not keep it off the screen between redraws.
+    frame: String,
     started: Instant,
 }
 
@@ -25,6 +28,7 @@ impl Status {
             live: !quiet && std::io::stderr().is_terminal(),
             quiet,
             drawn: 0,
+            frame: String::new(),
             started: Instant::now(),
         }
     }
@@ -51,8 +55,14 @@ impl Status {
     }
 
     fn print(&mut self, line: &str) {
+        let mut text = format!("{}{line}\n", self.erase());
+        if !self.frame.is_empty() {
+            text.push_str(&self.frame);
+            self.drawn = self.frame.lines().count();
+        }
         let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "{}{line}", self.erase());
+        let _ = stderr.write_all(text.as_bytes());
+        let _ = stderr.flush();
     }
 
     /// Redraws the worker table and progress bar (only on a terminal).
@@ -60,7 +70,7 @@ impl Status {
         if !self.live {
             return;
         }
-        let mut frame = self.erase();
+        let mut frame = String::new();
         frame.push_str("slot  pid      state        task      done  restarts  last exit\n");
         for w in workers {
             let task = w.current_task.map_or("-".to_string(), |id| id.to_string());
@@ -75,14 +85,17 @@ impl Status {
         }
         frame.push_str(&progress_line(done, total, self.started.elapsed()));
         frame.push('\n');
-        self.drawn = workers.len() + 2;
+        let text = self.erase() + &frame;
+        self.drawn = frame.lines().count();
+        self.frame = frame;
         let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(frame.as_bytes());
+        let _ = stderr.write_all(text.as_bytes());
         let _ = stderr.flush();
     }
 
     /// Removes the table from the screen (at the end of the run).
     pub fn clear(&mut self) {
+        self.frame.clear();
         let erase = self.erase();
         let _ = std::io::stderr().lock().write_all(erase.as_bytes());
     }

@@ -278,6 +278,10 @@ struct Slot {
     tasks_done: u64,
     tasks_this_process: u64,
     restarts: u32,
+    /// Replacements of processes retired after `max_tasks_per_child` answers.
+    recycled: u32,
+    /// The slot is down because its process was retired, not because it died.
+    retired: bool,
     young_deaths: u32,
     last_exit: Option<ExitStatus>,
     cpu: CpuTime,
@@ -570,6 +574,7 @@ impl Pool {
                     pid: slot.pid,
                     tasks_done: slot.tasks_done,
                     restarts: slot.restarts,
+                    recycled: slot.recycled,
                     exit: slot.last_exit.clone(),
                     cpu: slot.cpu,
                 }
@@ -659,9 +664,16 @@ impl Pool {
             return;
         }
         let deadline_ms = self.config.task_timeout.map(|t| t.as_millis() as u64);
+        let max_tasks = self.config.max_tasks_per_child;
         for depth in 0..self.dispatch_depth() {
             for slot in &mut self.slots {
                 if slot.phase != Phase::Ready || slot.in_flight.len() != depth {
+                    continue;
+                }
+                // A process retiring after `max_tasks_per_child` answers gets no task
+                // it would have to answer past that number.
+                let promised = slot.tasks_this_process + slot.in_flight.len() as u64;
+                if max_tasks.is_some_and(|max| promised >= max) {
                     continue;
                 }
                 let Some(id) = self.queue.take() else {
@@ -906,7 +918,12 @@ impl Pool {
     }
 
     fn restart(&mut self, slot: usize) {
-        self.slots[slot].restarts += 1;
+        let state = &mut self.slots[slot];
+        if std::mem::take(&mut state.retired) {
+            state.recycled += 1;
+        } else {
+            state.restarts += 1;
+        }
         if let Err(err) = self.spawn(slot) {
             self.abort(format!("cannot restart worker {slot}: {err}"));
         }
@@ -1165,7 +1182,8 @@ impl Pool {
             .iter()
             .map(|id| (*id, self.tasks.get(id).map_or(0, |t| t.attempt)))
             .collect();
-        let restart_in = if planned && crash.status.success() {
+        let retired = planned && crash.status.success();
+        let restart_in = if retired {
             // A recycled worker (max tasks per child) is replaced straight away.
             (self.ending == Ending::Running).then_some(Duration::ZERO)
         } else {
@@ -1175,6 +1193,7 @@ impl Pool {
         self.slots[slot].phase = Phase::Down {
             restart_at: restart_in.map(|delay| now + delay),
         };
+        self.slots[slot].retired = retired;
         if !planned {
             self.events.push_back(Event::WorkerDied {
                 crash: crash.clone(),
@@ -1316,6 +1335,8 @@ impl Slot {
             tasks_done: 0,
             tasks_this_process: 0,
             restarts: 0,
+            recycled: 0,
+            retired: false,
             young_deaths: 0,
             last_exit: None,
             cpu: CpuTime::default(),

@@ -159,6 +159,9 @@ pub struct WorkerReport {
     pub tasks_done: u64,
     /// How many times the slot's process was replaced after an unplanned exit.
     pub restarts: u32,
+    /// How many times the slot's process was replaced, as planned, after answering
+    /// `max_tasks_per_child` tasks (not crashes; not counted in `restarts`).
+    pub recycled: u32,
     /// How its last process ended.
     pub exit: Option<ExitStatus>,
     /// CPU time of all of this slot's processes.

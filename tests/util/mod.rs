@@ -78,6 +78,23 @@ impl Procpool {
         self
     }
 
+    /// Writes an executable `name` (a worker script with a `#!` line, say).
+    pub fn write_executable(self, name: &str, contents: &str) -> Procpool {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("writing a test file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("making a test file executable");
+        self
+    }
+
+    /// Removes `name` from the run's environment (`RUST_BACKTRACE`, which makes every
+    /// panic slow to print, say).
+    pub fn env_remove(mut self, name: &str) -> Procpool {
+        self.command.env_remove(name);
+        self
+    }
+
     /// Replaces the default timeout.
     pub fn timeout(mut self, timeout: Duration) -> Procpool {
         self.timeout = timeout;
@@ -106,7 +123,7 @@ impl Procpool {
             stdout: Some(stdout),
             stderr: Some(stderr),
             deadline: Instant::now() + self.timeout,
-            _dir: self.dir,
+            dir: self.dir,
         }
     }
 }
@@ -127,7 +144,7 @@ pub struct Running {
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
     deadline: Instant,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Running {
@@ -141,9 +158,20 @@ impl Running {
         kill(Pid::from_raw(self.pid()), signal).expect("signalling procpool");
     }
 
+    /// The run's working directory (every worker's too).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The supervisor's live child processes (its workers), once at least `count` exist
     /// and each has used some CPU, i.e. is past start-up and working on a task.
     pub fn busy_workers(&self, count: usize) -> Vec<i32> {
+        self.new_busy_workers(count, &[])
+    }
+
+    /// Like [`Running::busy_workers`], ignoring the processes in `old` (workers already
+    /// killed, whose replacements the caller waits for).
+    pub fn new_busy_workers(&self, count: usize, old: &[i32]) -> Vec<i32> {
         let supervisor = self.pid();
         let mut workers = Vec::new();
         let found = wait_until(Duration::from_secs(20), || {
@@ -151,6 +179,7 @@ impl Running {
                 .into_iter()
                 .filter(|p| p.ppid == supervisor && p.is_live() && p.cpu_ticks > 0)
                 .map(|p| p.pid)
+                .filter(|pid| !old.contains(pid))
                 .collect();
             workers.len() >= count
         });
@@ -340,6 +369,33 @@ pub fn assert_no_orphans(pids: &[i32], within: Duration) {
         }
         panic!("processes left alive after {within:?} (now killed): {left:?}");
     }
+}
+
+/// Live processes whose working directory is `dir`: every worker of a run started
+/// there, whoever its parent is now (an orphan is re-parented to init).
+pub fn live_processes_in(dir: &Path) -> Vec<ProcStat> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    processes()
+        .into_iter()
+        .filter(|p| p.is_live())
+        .filter(|p| std::fs::read_link(format!("/proc/{}/cwd", p.pid)).is_ok_and(|cwd| cwd == dir))
+        .collect()
+}
+
+/// Asserts that no process is left working in `dir` (see [`live_processes_in`]),
+/// waiting up to `within` for stragglers to die.
+pub fn assert_none_left_in(dir: &Path, within: Duration) {
+    let mut left = Vec::new();
+    if wait_until(within, || {
+        left = live_processes_in(dir);
+        left.is_empty()
+    }) {
+        return;
+    }
+    for p in &left {
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+    }
+    panic!("processes left working in {dir:?} after {within:?} (now killed): {left:?}");
 }
 
 /// Polls `condition` every 10 ms until it holds (true) or `timeout` passes (false).
