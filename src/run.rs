@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use procpool_child::ArraySpec;
 use procpool_supervisor::{
-    Event, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy, RunEnd, TaskOutcome, WorkerStart,
+    quarantine_message, Event, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy, RunEnd,
+    TaskOutcome, WorkerStart,
 };
 use serde_json::{json, Value};
 
@@ -227,9 +228,8 @@ fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: 
             match &outcome {
                 TaskOutcome::Error(message) => status.warn(&format!("task {id} failed: {message}")),
                 TaskOutcome::Failed(crashes) => status.warn(&format!(
-                    "task {id} quarantined after {} crashes in {attempts} attempts; last: {}",
-                    crashes.len(),
-                    crashes.last().map_or(String::new(), |c| c.to_string())
+                    "task {id} {}",
+                    quarantine_message(crashes, attempts)
                 )),
                 TaskOutcome::Output(_) => unreachable!("matched above"),
             }

@@ -45,6 +45,7 @@ pub use pool::{
 };
 pub use queue::JoinableQueue;
 pub use report::{
-    CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd, TaskFailure, WorkerReport,
+    quarantine_message, CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd, TaskFailure,
+    WorkerReport,
 };
 pub use restart::RestartPolicy;

@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use crate::queue::JoinableQueue;
 use crate::report::{
-    CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd, TaskFailure, WorkerReport,
+    quarantine_message, CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd, TaskFailure,
+    WorkerReport,
 };
 use crate::restart::{backoff, RestartBudget, RestartPolicy};
 use crate::sys::{self, WorkerFds};
@@ -1268,11 +1269,7 @@ impl Pool {
             return;
         }
         let task = self.tasks.remove(&id).expect("checked above");
-        let message = format!(
-            "quarantined after {} crashes in {} attempts; last: {crash}",
-            task.crashes.len(),
-            task.attempt
-        );
+        let message = quarantine_message(&task.crashes, task.attempt);
         self.failures.push(TaskFailure {
             id,
             attempts: task.attempt,

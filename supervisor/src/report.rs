@@ -122,6 +122,18 @@ pub struct TaskFailure {
     pub crashes: Vec<Crash>,
 }
 
+/// Why a task was quarantined, e.g. `quarantined after 3 crashes in 4 attempts; last:
+/// worker 1 (pid 4242) killed by SIGSEGV`.
+pub fn quarantine_message(crashes: &[Crash], attempts: u32) -> String {
+    let count = crashes.len();
+    let plural = if count == 1 { "" } else { "es" };
+    let mut message = format!("quarantined after {count} crash{plural} in {attempts} attempts");
+    if let Some(last) = crashes.last() {
+        message.push_str(&format!("; last: {last}"));
+    }
+    message
+}
+
 /// CPU time split into user and system time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTime {
