@@ -16,6 +16,8 @@ Examples:
   procpool run noop --tasks 100000 --json   the pool's own overhead, as JSON
   procpool run primes --start fork          fork the workers instead of re-executing
   procpool run crash --mode segv --every 10 one task in ten segfaults its worker
+  procpool run colmeans --file big.npy      column means of a file larger than memory
+  procpool gen array --rows 1e7 --cols 8 big.npy   a 640 MB test array
 
 While a run goes, `kill -9` any worker pid: the slot restarts and its task is retried.
 Ctrl-C stops dispatch and lets running tasks finish; a second Ctrl-C kills them.
@@ -36,6 +38,9 @@ pub enum Command {
     /// Run a workload on a pool of worker processes.
     #[command(after_help = EXAMPLES)]
     Run(Box<RunArgs>),
+    /// Generate input data (deterministic, streamed to disk).
+    #[command(subcommand)]
+    Gen(crate::gen::GenArgs),
     /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
     #[command(hide = true)]
     Worker {
@@ -57,6 +62,8 @@ pub struct RunArgs {
 pub enum WorkloadArgs {
     /// Multiply matrices in shared memory, one row block of C per task.
     Matmul(workloads::matmul::Args),
+    /// Column means of a .npy or raw file larger than memory, one tile of rows per task.
+    Colmeans(workloads::colmeans::Args),
     /// Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error).
     Crash(workloads::crash::Args),
     /// Count primes below --limit with a segmented sieve, one range per task.
@@ -68,6 +75,7 @@ pub enum WorkloadArgs {
 impl WorkloadArgs {
     pub fn kind(&self) -> Kind {
         match self {
+            WorkloadArgs::Colmeans(_) => Kind::Colmeans,
             WorkloadArgs::Crash(_) => Kind::Crash,
             WorkloadArgs::Matmul(_) => Kind::Matmul,
             WorkloadArgs::Primes(_) => Kind::Primes,

@@ -1,6 +1,7 @@
 //! `procpool`: run work on a pool of isolated worker processes.
 
 mod cli;
+mod gen;
 mod run;
 mod status;
 mod worker;
@@ -16,8 +17,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { workload } => ExitCode::from(worker::serve_builtin(workload) as u8),
+        Command::Gen(args) => match gen::run(args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("procpool: error: {err:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run(args) => match run::run(*args) {
             Ok(code) => code,
+            Err(err) if err.is::<gen::Interrupted>() => {
+                eprintln!("procpool: interrupted");
+                ExitCode::from(run::EXIT_INTERRUPTED)
+            }
             Err(err) => {
                 eprintln!("procpool: error: {err:#}");
                 // Usage mistakes exit 2 like clap's; a run that could not proceed exits 1.

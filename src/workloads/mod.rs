@@ -2,6 +2,7 @@
 //! side (a [`Job`]: task inputs out, outputs reduced, a summary at the end) and the
 //! worker side (`run_task`: one input to one output, run inside a worker process).
 
+pub mod colmeans;
 pub mod crash;
 pub mod matmul;
 pub mod noop;
@@ -85,6 +86,7 @@ impl Summary {
 /// The workloads a built-in worker can run, by the name the CLI uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    Colmeans,
     Crash,
     Matmul,
     Primes,
@@ -96,6 +98,7 @@ impl Kind {
     /// arrays) and returns the function that runs one task.
     pub fn worker(self) -> Result<TaskHandler, String> {
         Ok(match self {
+            Kind::Colmeans => Box::new(colmeans::run_task),
             Kind::Crash => Box::new(crash::run_task),
             Kind::Matmul => matmul::worker()?,
             Kind::Primes => Box::new(primes::run_task),
@@ -105,6 +108,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Colmeans => "colmeans",
             Kind::Crash => "crash",
             Kind::Matmul => "matmul",
             Kind::Primes => "primes",
