@@ -391,21 +391,22 @@ impl Job for Colmeans {
                 Ok(len) => format!("now {len} bytes"),
                 Err(err) => format!("now unreadable: {err}"),
             };
-            let sigbus = match outcome {
+            let crashed = match outcome {
                 TaskOutcome::Failed(crashes) => crashes.iter().any(|crash| {
                     matches!(&crash.status, ExitStatus::Signaled { signal, .. } if signal == "SIGBUS")
                 }),
                 _ => false,
             };
             bail!(
-                "the input file {} changed size during the run (was {} bytes, {now}){}; \
-                 the means cannot be computed: rerun on a file nobody is writing",
+                "the input file {} changed size during the run (was {} bytes, {now}): tiles past \
+                 its new end cannot be read{}; the means cannot be computed: rerun on a file \
+                 nobody is writing",
                 self.source.path.display(),
                 self.source.file_len,
-                if sigbus {
-                    ", so workers reading past its new end died of SIGBUS"
+                if crashed {
+                    " (the workers reading them died of SIGBUS)"
                 } else {
-                    ""
+                    " (a worker already reading one dies of SIGBUS)"
                 },
             );
         }
