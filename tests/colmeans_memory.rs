@@ -59,8 +59,8 @@ impl Cgroup {
                 } else {
                     "memory.max"
                 };
-                if !parent.join(limit_file).exists() && !(v1 && parent.exists()) {
-                    tried.push(format!("{} (no {limit_file})", parent.display()));
+                if !parent.exists() {
+                    tried.push(format!("{} does not exist", parent.display()));
                     continue;
                 }
                 let dir = parent.join(&name);
