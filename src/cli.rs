@@ -18,6 +18,8 @@ Examples:
   procpool run mandelbrot --out set.png     the classic image, rows balanced dynamically
   procpool run maze --big --size 1001       one maze, BFS level by level across workers
   procpool run crash --mode segv --every 10 one task in ten segfaults its worker
+  procpool run colmeans --file big.npy      column means of a file larger than memory
+  procpool gen array --rows 1e7 --cols 8 big.npy   a 640 MB test array
 
   procpool bench primes --procs 1,2 -- --limit 1e9   scaling table
 
@@ -42,6 +44,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run a workload at several pool sizes and report speedup and efficiency.
     Bench(crate::bench::BenchArgs),
+    /// Generate input data (deterministic, streamed to disk).
+    #[command(subcommand)]
+    Gen(crate::gen::GenArgs),
     /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
     #[command(hide = true)]
     Worker {
@@ -65,6 +70,8 @@ pub enum WorkloadArgs {
     Mandelbrot(workloads::mandelbrot::Args),
     /// Multiply matrices in shared memory, one row block of C per task.
     Matmul(workloads::matmul::Args),
+    /// Column means of a .npy or raw file larger than memory, one tile of rows per task.
+    Colmeans(workloads::colmeans::Args),
     /// Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error).
     Crash(workloads::crash::Args),
     /// Generate mazes from a seed and solve them by BFS; --big: one maze, parallel BFS.
@@ -78,6 +85,7 @@ pub enum WorkloadArgs {
 impl WorkloadArgs {
     pub fn kind(&self) -> Kind {
         match self {
+            WorkloadArgs::Colmeans(_) => Kind::Colmeans,
             WorkloadArgs::Crash(_) => Kind::Crash,
             WorkloadArgs::Mandelbrot(_) => Kind::Mandelbrot,
             WorkloadArgs::Matmul(_) => Kind::Matmul,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod gen;
 mod run;
 mod status;
 mod worker;
@@ -15,23 +16,25 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Worker { workload } => ExitCode::from(worker::serve_builtin(workload) as u8),
-        Command::Bench(args) => match bench::bench(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("procpool: error: {err:#}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Run(args) => match run::run(*args) {
-            Ok(code) => code,
-            Err(err) => {
-                eprintln!("procpool: error: {err:#}");
-                // Usage mistakes exit 2 like clap's; a run that could not proceed exits 1.
-                let usage = err.downcast_ref::<run::UsageError>().is_some();
-                ExitCode::from(if usage { 2 } else { 1 })
-            }
-        },
+    let outcome = match cli.command {
+        Command::Worker { workload } => {
+            return ExitCode::from(worker::serve_builtin(workload) as u8)
+        }
+        Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
+        Command::Gen(args) => gen::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Run(args) => run::run(*args),
+    };
+    outcome.unwrap_or_else(failure)
+}
+
+/// Prints why a command failed and picks its exit code: 130 for an interrupt, 2 for a
+/// usage mistake (like clap's own), 1 for a run that could not proceed.
+fn failure(err: anyhow::Error) -> ExitCode {
+    if err.is::<gen::Interrupted>() {
+        eprintln!("procpool: interrupted");
+        return ExitCode::from(run::EXIT_INTERRUPTED);
     }
+    eprintln!("procpool: error: {err:#}");
+    let usage = err.downcast_ref::<run::UsageError>().is_some();
+    ExitCode::from(if usage { 2 } else { 1 })
 }

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
 use crate::status::{Status, REDRAW_EVERY};
 use crate::workloads::{
-    crash::Crash, mandelbrot::Mandelbrot, matmul::Matmul, maze::MazeJob, noop::Noop,
-    primes::Primes, Job, Kind, Summary,
+    colmeans::Colmeans, crash::Crash, mandelbrot::Mandelbrot, matmul::Matmul, maze::MazeJob,
+    noop::Noop, primes::Primes, Job, Kind, Summary,
 };
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
@@ -37,7 +37,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let kind = args.workload.kind();
     let job = make_job(&args.workload, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
-        .map_err(|err| UsageError(format!("{err:#}")))?;
+        .map_err(|err| match err.is::<crate::gen::Interrupted>() {
+            true => err,
+            false => UsageError(format!("{err:#}")).into(),
+        })?;
     let mut config = pool_config(&args.pool, procs, kind)?;
     for shared in job.shared_arrays() {
         config.inherit_fds.push(shared.array.raw_fd());
@@ -60,6 +63,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
     Ok(match workload {
+        WorkloadArgs::Colmeans(args) => Box::new(Colmeans::new(args, procs)?),
         WorkloadArgs::Crash(args) => Box::new(Crash::new(args)?),
         WorkloadArgs::Mandelbrot(args) => Box::new(Mandelbrot::new(args)?),
         WorkloadArgs::Matmul(args) => Box::new(Matmul::new(args, procs)?),

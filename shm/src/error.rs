@@ -224,6 +224,23 @@ pub enum ShmError {
          files with FileMap"
     )]
     NotSealed,
+
+    /// A path that should name a regular file names a directory, a device, ...
+    #[error("not a regular file (a directory?); pass the path of a data file")]
+    NotAFile,
+
+    /// A file is shorter than a byte range planned from its earlier size.
+    #[error(
+        "the file is {len} bytes, too short for bytes {}..{} planned from its earlier size: \
+         it changed size (was it truncated or rewritten?)",
+        range.start, range.end
+    )]
+    FileShrank {
+        /// The byte range asked for.
+        range: Range<u64>,
+        /// The file's length now.
+        len: u64,
+    },
 }
 
 /// Result alias for this crate.

@@ -32,6 +32,8 @@
 //!   ([`read_npy_f64`], [`write_npy`], [`NpyWriter`]).
 //! - [`SharedArray`]: memfd-backed arrays and their cross-process contract.
 //! - [`FileMap`]: read-only file maps that release pages chunk by chunk.
+//! - [`FileWindow`]: a safe read-only map of one byte range of a file, read
+//!   only by decoding into the caller's buffer (the out-of-core worker's view).
 //! - [`matmul_into`]: a safe, single-threaded SIMD dgemm over row-major slices
 //!   (the `gemm` crate's kernel; its raw-pointer interface is wrapped here so that
 //!   `unsafe` stays in this crate).
@@ -48,6 +50,7 @@ mod filemap;
 mod matmul;
 pub mod npy;
 mod shared;
+mod window;
 
 pub use error::{Result, ShmError};
 pub use filemap::FileMap;
@@ -57,3 +60,4 @@ pub use npy::{
     NpyWriter,
 };
 pub use shared::SharedArray;
+pub use window::FileWindow;

@@ -2,6 +2,7 @@
 //! side (a [`Job`]: task inputs out, outputs reduced, a summary at the end) and the
 //! worker side (`run_task`: one input to one output, run inside a worker process).
 
+pub mod colmeans;
 pub mod crash;
 pub mod mandelbrot;
 pub mod matmul;
@@ -87,6 +88,7 @@ impl Summary {
 /// The workloads a built-in worker can run, by the name the CLI uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    Colmeans,
     Crash,
     Mandelbrot,
     Matmul,
@@ -100,6 +102,7 @@ impl Kind {
     /// arrays) and returns the function that runs one task.
     pub fn worker(self) -> Result<TaskHandler, String> {
         Ok(match self {
+            Kind::Colmeans => Box::new(colmeans::run_task),
             Kind::Crash => Box::new(crash::run_task),
             Kind::Mandelbrot => mandelbrot::worker()?,
             Kind::Matmul => matmul::worker()?,
@@ -111,6 +114,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Colmeans => "colmeans",
             Kind::Crash => "crash",
             Kind::Mandelbrot => "mandelbrot",
             Kind::Matmul => "matmul",

@@ -95,6 +95,38 @@ impl Procpool {
         self
     }
 
+    /// Runs in `dir` instead of the run's own temp dir (to share files between runs).
+    pub fn in_dir(mut self, dir: &Path) -> Procpool {
+        self.command.current_dir(dir);
+        self
+    }
+
+    /// Sets an environment variable of the run.
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Procpool {
+        self.command.env(key, value);
+        self
+    }
+
+    /// Runs `script` in `sh` first, which then execs procpool (same pid): to move the
+    /// run into a cgroup, say, before it starts anything.
+    pub fn after_shell(mut self, script: &str) -> Procpool {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{script}\nexec \"$0\" \"$@\""))
+            .arg(self.command.get_program())
+            .args(self.command.get_args())
+            .current_dir(self.command.get_current_dir().unwrap_or(self.dir.path()));
+        for (key, value) in self.command.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        self.command = command;
+        self
+    }
+
     /// Replaces the default timeout.
     pub fn timeout(mut self, timeout: Duration) -> Procpool {
         self.timeout = timeout;
@@ -277,6 +309,25 @@ pub fn worker_pids(report: &Value) -> Vec<i32> {
         .iter()
         .map(|w| w["pid"].as_i64().expect("worker.pid") as i32)
         .collect()
+}
+
+/// Whether `python3 -c "import numpy"` works. When it does not, a numpy test prints
+/// SKIPPED and passes, unless `PROCPOOL_REQUIRE_NUMPY=1` says numpy must be there.
+pub fn numpy_available(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import numpy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !ok {
+        assert!(
+            std::env::var("PROCPOOL_REQUIRE_NUMPY").as_deref() != Ok("1"),
+            "{test}: numpy is required (PROCPOOL_REQUIRE_NUMPY=1) but python3 cannot import it"
+        );
+        println!("SKIPPED {test}: python3 cannot import numpy");
+    }
+    ok
 }
 
 /// One line of `/proc/<pid>/stat`, the fields the tests need.

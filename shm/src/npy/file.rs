@@ -122,9 +122,21 @@ impl NpyWriter {
     /// array of `dtype` and `shape`. `dtype` may be in either byte order;
     /// elements are converted as they are written.
     pub fn create(path: &Path, dtype: DType, shape: &[usize]) -> Result<NpyWriter> {
+        NpyWriter::create_in_order(path, dtype, shape, false)
+    }
+
+    /// Like [`create`](NpyWriter::create), but with `fortran_order` the header
+    /// says the data is column-major, and elements must then be written in
+    /// that order (first index fastest: column after column for a matrix).
+    pub fn create_in_order(
+        path: &Path,
+        dtype: DType,
+        shape: &[usize],
+        fortran_order: bool,
+    ) -> Result<NpyWriter> {
         let open = || -> Result<NpyWriter> {
             dtype.ensure_supported()?;
-            let header = encode_header(dtype, shape, false);
+            let header = encode_header(dtype, shape, fortran_order);
             let expected = NpyHeader::parse(&header)?.element_count()?;
             let file = File::create(path).map_err(|err| ShmError::io("creating the file", err))?;
             let mut file = BufWriter::with_capacity(BLOCK_BYTES, file);
@@ -142,7 +154,8 @@ impl NpyWriter {
         open().map_err(|err| err.in_file(path))
     }
 
-    /// Appends `elements` in C order. Fails if `T` is not the kind and size of
+    /// Appends `elements` in the file's order (C order unless created with
+    /// `fortran_order`). Fails if `T` is not the kind and size of
     /// the file's dtype, or if the file would hold more elements than its
     /// shape.
     pub fn write_elements<T: Element>(&mut self, elements: &[T]) -> Result<()> {
@@ -237,6 +250,25 @@ mod tests {
         assert_eq!(read_npy_f64(&path).unwrap(), (vec![], vec![255.0]));
         write_npy::<f64>(&path, &[0, 5], &[]).unwrap();
         assert_eq!(read_npy_f64(&path).unwrap(), (vec![0, 5], vec![]));
+    }
+
+    #[test]
+    fn streams_fortran_order_files_column_by_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.npy");
+        let dtype = DType::parse(">i4").unwrap();
+        let mut writer = NpyWriter::create_in_order(&path, dtype, &[2, 3], true).unwrap();
+        for column in [[1i32, 4], [2, 5], [3, 6]] {
+            writer.write_elements(&column).unwrap();
+        }
+        writer.finish().unwrap();
+        let header = NpyHeader::read_from(&mut File::open(&path).unwrap()).unwrap();
+        assert!(header.fortran_order);
+        assert_eq!(header.dtype, dtype);
+        assert_eq!(
+            read_npy_f64(&path).unwrap(),
+            (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        );
     }
 
     #[test]
