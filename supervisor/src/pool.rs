@@ -182,7 +182,7 @@ pub enum TaskOutcome {
     Output(Value),
     /// The worker's `error` message; the worker was fine.
     Error(String),
-    /// Quarantined after `max_attempts` workers died holding it.
+    /// Quarantined after `max_attempts` workers died holding it (chaos kills aside).
     Failed(Vec<Crash>),
 }
 
@@ -919,10 +919,24 @@ impl Pool {
     }
 
     fn chaos_kill(&mut self) {
+        // A task survives at most `max_attempts` chaos kills, so that chaos faster than
+        // the tasks cannot stall the run (chaos kills do not count towards quarantine).
+        let spared = |id: &TaskId| {
+            self.tasks.get(id).is_some_and(|task| {
+                let chaos = task
+                    .crashes
+                    .iter()
+                    .filter(|crash| crash.killed_by_procpool == Some(KillReason::Chaos));
+                chaos.count() >= self.config.max_attempts as usize
+            })
+        };
         let busy: Vec<usize> = (0..self.slots.len())
             .filter(|&i| {
                 let slot = &self.slots[i];
-                slot.process.is_some() && !slot.in_flight.is_empty() && slot.kill_reason.is_none()
+                slot.process.is_some()
+                    && !slot.in_flight.is_empty()
+                    && slot.kill_reason.is_none()
+                    && !slot.in_flight.iter().any(spared)
             })
             .collect();
         if busy.is_empty() {
@@ -1231,7 +1245,14 @@ impl Pool {
             .get_mut(&id)
             .expect("an in-flight task has a record");
         task.crashes.push(crash.clone());
-        if task.attempt < self.config.max_attempts {
+        // Only deaths the task may have caused count towards quarantine: a chaos kill
+        // says nothing about the task, and at a high --chaos rate would fail good tasks.
+        let blamed = task
+            .crashes
+            .iter()
+            .filter(|crash| crash.killed_by_procpool != Some(KillReason::Chaos))
+            .count();
+        if blamed < self.config.max_attempts as usize {
             self.queue.retry(id);
             return;
         }
