@@ -940,10 +940,24 @@ impl Pool {
     }
 
     fn chaos_kill(&mut self) {
+        // A task survives at most `max_attempts` chaos kills, so that chaos faster than
+        // the tasks cannot stall the run (chaos kills do not count towards quarantine).
+        let spared = |id: &TaskId| {
+            self.tasks.get(id).is_some_and(|task| {
+                let chaos = task
+                    .crashes
+                    .iter()
+                    .filter(|crash| crash.killed_by_procpool == Some(KillReason::Chaos));
+                chaos.count() >= self.config.max_attempts as usize
+            })
+        };
         let busy: Vec<usize> = (0..self.slots.len())
             .filter(|&i| {
                 let slot = &self.slots[i];
-                slot.process.is_some() && !slot.in_flight.is_empty() && slot.kill_reason.is_none()
+                slot.process.is_some()
+                    && !slot.in_flight.is_empty()
+                    && slot.kill_reason.is_none()
+                    && !slot.in_flight.iter().any(spared)
             })
             .collect();
         if busy.is_empty() {
@@ -1205,10 +1219,8 @@ impl Pool {
         }
         // A worker runs its tasks in order, so the oldest it held is the one it was
         // running when it died; the others waited in its pipe and go back uncharged.
-        // A chaos kill is nobody's fault.
-        let blameless = crash.killed_by_procpool == Some(KillReason::Chaos);
         for (position, &id) in held.iter().enumerate() {
-            self.on_task_lost(slot, id, (position == 0 && !blameless).then_some(&crash));
+            self.on_task_lost(slot, id, (position == 0).then_some(&crash));
         }
     }
 
@@ -1248,8 +1260,9 @@ impl Pool {
         Some(backoff(&self.config.restart, young_deaths, entropy))
     }
 
-    /// Puts back a task whose worker died, charging it with the crash if it was the
-    /// one running; a task charged with `max_attempts` crashes is quarantined.
+    /// Puts back a task whose worker died, recording the crash against it if it was the
+    /// one running; a task charged with `max_attempts` crashes (chaos kills aside) is
+    /// quarantined.
     fn on_task_lost(&mut self, slot: usize, id: TaskId, blamed: Option<&Crash>) {
         if self.ending != Ending::Running || self.aborted.is_some() {
             self.abandon(id);
@@ -1264,7 +1277,14 @@ impl Pool {
             return;
         };
         task.crashes.push(crash.clone());
-        if task.crashes.len() < self.config.max_attempts as usize {
+        // A chaos kill is recorded but says nothing about the task: only the other
+        // deaths count towards quarantine.
+        let blamed = task
+            .crashes
+            .iter()
+            .filter(|crash| crash.killed_by_procpool != Some(KillReason::Chaos))
+            .count();
+        if blamed < self.config.max_attempts as usize {
             self.queue.retry(id);
             return;
         }
