@@ -486,6 +486,12 @@ impl Pool {
         }
     }
 
+    /// Whether events are ready, so that [`Pool::next_event`] returns without waiting
+    /// (a caller that writes as it goes flushes when this is false).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Tasks put and not finished.
     pub fn unfinished(&self) -> usize {
         self.queue.unfinished()
