@@ -1,5 +1,6 @@
 //! `procpool`: run work on a pool of isolated worker processes.
 
+mod check_worker;
 mod cli;
 mod run;
 mod status;
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { workload } => ExitCode::from(worker::serve_builtin(workload) as u8),
+        Command::CheckWorker(args) => check_worker::main(&args),
         Command::Run(args) => match run::run(*args) {
             Ok(code) => code,
             Err(err) => {
