@@ -28,16 +28,10 @@ output is its input.
 import json
 import os
 import sys
-import time
 
 __all__ = ["serve", "arrays", "array_specs", "worker_index", "procs"]
 
 PROTOCOL_VERSION = 1
-
-# Answers are written in batches (one write per batch of tasks read together), but
-# never held longer than this after the first one, so slow tasks report promptly.
-_FLUSH_AFTER_S = 0.01
-
 
 def worker_index():
     """This worker's slot, 0..procs()-1 (PROCPOOL_WORKER)."""
@@ -120,8 +114,6 @@ def serve(handler, infd=0, outfd=1):
         data = b"".join(partial)
         lines = data.split(b"\n")
         partial = [lines.pop()] if lines[-1] else []
-        answers = []
-        first_at = None
         for line in lines:
             if not line.strip():
                 continue
@@ -132,20 +124,12 @@ def serve(handler, infd=0, outfd=1):
                 continue
             kind = message.get("type") if isinstance(message, dict) else None
             if kind == "stop":
-                if answers:
-                    _write_all(outfd, ("\n".join(answers) + "\n").encode())
                 return
             if kind != "task":
                 continue  # a message type from a newer protocol: ignore it
-            answers.append(_answer(handler, message))
-            now = time.monotonic()
-            if first_at is None:
-                first_at = now
-            elif now - first_at >= _FLUSH_AFTER_S:
-                _write_all(outfd, ("\n".join(answers) + "\n").encode())
-                answers, first_at = [], None
-        if answers:
-            _write_all(outfd, ("\n".join(answers) + "\n").encode())
+            # Each answer is written before the next task starts: when a worker dies,
+            # procpool blames the oldest task it had not answered.
+            _write_all(outfd, (_answer(handler, message) + "\n").encode())
 
 
 if __name__ == "__main__":
