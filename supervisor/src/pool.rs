@@ -1020,7 +1020,7 @@ impl Pool {
                         crate::worker::MAX_LINE
                     ),
                 );
-                state.kill_reason.get_or_insert(KillReason::StdoutClosed);
+                state.kill_reason.get_or_insert(KillReason::LineTooLong);
                 if let Some(process) = &state.process {
                     process.kill(Signal::SIGKILL);
                 }
