@@ -31,20 +31,33 @@ const ANSWER: &str = r#"send({"type": "result", "id": m["id"], "output": m["inpu
 
 fn tasks_run(script: &str, input: &str, extra: &[&str]) -> Procpool {
     let mut args = vec![
-        "run", "tasks", "--child", "python3 w.py", "--procs", "2", "--input", "in.txt",
+        "run",
+        "tasks",
+        "--child",
+        "python3 w.py",
+        "--procs",
+        "2",
+        "--input",
+        "in.txt",
         "--ordered",
     ];
     args.extend_from_slice(extra);
-    Procpool::new(args).write("w.py", script).write("in.txt", input)
+    Procpool::new(args)
+        .write("w.py", script)
+        .write("in.txt", input)
 }
 
 #[test]
 fn text_on_stdout_is_forwarded_as_a_log_and_the_run_is_ok() {
-    let script = worker(&format!("print('hello from a stray print', flush=True)\n{ANSWER}"));
+    let script = worker(&format!(
+        "print('hello from a stray print', flush=True)\n{ANSWER}"
+    ));
     let output = tasks_run(&script, "1\n2\n3\n", &[]).run(0);
     assert_eq!(result_lines(&output.stdout).len(), 3, "{output}");
     assert!(
-        output.stderr.contains("stdout line is not a protocol v1 message")
+        output
+            .stderr
+            .contains("stdout line is not a protocol v1 message")
             && output.stderr.contains("hello from a stray print"),
         "{output}"
     );
@@ -72,7 +85,10 @@ fn a_100_mb_line_arrives_whole_in_linear_time_and_memory() {
     assert_eq!(lines.len(), 3, "{output}");
     let big: Value = serde_json::from_str(lines[1]).unwrap();
     assert_eq!(big["output"].as_str().map(str::len), Some(SIZE), "{output}");
-    eprintln!("a {SIZE}-byte line: {took:.2?}, supervisor peak RSS {} MiB", peak_kib / 1024);
+    eprintln!(
+        "a {SIZE}-byte line: {took:.2?}, supervisor peak RSS {} MiB",
+        peak_kib / 1024
+    );
     // The line is held a few times over (read buffer, parsed value, encoded output
     // line), never once per read: linear, not quadratic.
     assert!(peak_kib < 6 * SIZE as u64 / 1024, "peak RSS {peak_kib} KiB");
@@ -92,7 +108,9 @@ fn a_worker_that_closes_stdout_and_keeps_running_is_killed_and_its_task_failed()
     let error = lines[1]["error"].as_str().expect("an error line");
     assert!(error.contains("closed its stdout"), "{error}");
     assert!(
-        output.stderr.contains("killed by SIGKILL (sent by procpool: it closed its stdout but kept running)"),
+        output.stderr.contains(
+            "killed by SIGKILL (sent by procpool: it closed its stdout but kept running)"
+        ),
         "{output}"
     );
 }
@@ -101,13 +119,23 @@ fn a_worker_that_closes_stdout_and_keeps_running_is_killed_and_its_task_failed()
 fn a_worker_that_never_sends_ready_is_killed_after_the_ready_timeout() {
     let started = Instant::now();
     let output = Procpool::new([
-        "run", "noop", "--tasks", "3", "--procs", "1", "--child", "python3 w.py",
-        "--ready-timeout", "0.3",
+        "run",
+        "noop",
+        "--tasks",
+        "3",
+        "--procs",
+        "1",
+        "--child",
+        "python3 w.py",
+        "--ready-timeout",
+        "0.3",
     ])
     .write("w.py", "import time\ntime.sleep(60)\n")
     .run(1);
     assert!(
-        output.stderr.contains("(sent by procpool: it never sent ready)")
+        output
+            .stderr
+            .contains("(sent by procpool: it never sent ready)")
             && output.stderr.contains("workers die before sending `ready`"),
         "{output}"
     );
@@ -122,7 +150,9 @@ fn an_answer_to_a_task_never_given_is_dropped_with_a_warning() {
     let output = tasks_run(&script, "1\n2\n", &[]).run(0);
     assert_eq!(result_lines(&output.stdout).len(), 2, "{output}");
     assert!(
-        output.stderr.contains("dropped an answer to a task it was never given (task 987654)"),
+        output
+            .stderr
+            .contains("dropped an answer to a task it was never given (task 987654)"),
         "{output}"
     );
 }
@@ -164,7 +194,9 @@ fn exiting_0_while_holding_a_task_is_a_crash_and_the_task_is_retried() {
     // The slot restarts unless the other worker finished everything first.
     assert!(restarts <= 1, "{output}");
     assert!(
-        output.stderr.contains("exited with code 0 while running task 1 (attempt 1/3)"),
+        output
+            .stderr
+            .contains("exited with code 0 while running task 1 (attempt 1/3)"),
         "{output}"
     );
     let text = std::fs::read_to_string(&out_path).unwrap();
@@ -187,20 +219,29 @@ fn a_worker_file_that_is_not_executable_is_a_clear_error() {
 #[test]
 fn a_missing_interpreter_is_a_clear_error_without_a_restart_storm() {
     // The kernel cannot exec it: the pool does not start.
-    let run = Procpool::new(["run", "noop", "--tasks", "3", "--child", "./w.py"])
-        .write("w.py", &format!("#!/nonexistent/python9\n{}", worker(ANSWER)));
+    let run = Procpool::new(["run", "noop", "--tasks", "3", "--child", "./w.py"]).write(
+        "w.py",
+        &format!("#!/nonexistent/python9\n{}", worker(ANSWER)),
+    );
     let path = run.dir().join("w.py");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     let output = run.run(1);
     assert!(
-        output.stderr.contains("the interpreter on its #! line, /nonexistent/python9, does not"),
+        output
+            .stderr
+            .contains("the interpreter on its #! line, /nonexistent/python9, does not"),
         "{output}"
     );
     assert!(!output.stderr.contains("restarting"), "{output}");
 
     // `env` runs but cannot find it: three deaths before ready, then a clear stop.
-    let run = Procpool::new(["run", "noop", "--tasks", "3", "--procs", "1", "--child", "./w.py"])
-        .write("w.py", &format!("#!/usr/bin/env python9-missing\n{}", worker(ANSWER)));
+    let run = Procpool::new([
+        "run", "noop", "--tasks", "3", "--procs", "1", "--child", "./w.py",
+    ])
+    .write(
+        "w.py",
+        &format!("#!/usr/bin/env python9-missing\n{}", worker(ANSWER)),
+    );
     let path = run.dir().join("w.py");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     let output = run.run(1);
@@ -211,7 +252,10 @@ fn a_missing_interpreter_is_a_clear_error_without_a_restart_storm() {
         "{output}"
     );
     assert_eq!(
-        output.stderr.matches("exited with code 127 before sending ready").count(),
+        output
+            .stderr
+            .matches("exited with code 127 before sending ready")
+            .count(),
         3,
         "{output}"
     );
