@@ -258,7 +258,10 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|err| crate::run::describe_start_error(&words[0], &err))?;
+            .map_err(|err| {
+                let hint = crate::run::describe_start_error(&words[0], &err);
+                format!("cannot start {}: {err}: {hint}", words[0])
+            })?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (sender, lines) = mpsc::channel();

@@ -60,14 +60,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     config.on_log = Box::new(move |slot, line| log_status.borrow_mut().worker_log(slot, line));
     let pool = match Pool::start(config) {
         Ok(pool) => pool,
-        Err(PoolError::Start {
-            start: WorkerStart::Spawn { program, .. },
-            error,
-            ..
-        }) => anyhow::bail!(
-            "cannot start the workers: {}",
-            describe_start_error(&program.to_string_lossy(), &error)
-        ),
+        Err(err @ PoolError::Start { .. }) => {
+            let PoolError::Start {
+                start: WorkerStart::Spawn { program, .. },
+                error,
+                ..
+            } = &err
+            else {
+                return Err(anyhow::Error::from(err).context("starting the worker pool"));
+            };
+            let hint = describe_start_error(&program.to_string_lossy(), error);
+            anyhow::bail!("{err}: {hint}")
+        }
         Err(err) => return Err(anyhow::Error::from(err).context("starting the worker pool")),
     };
     // Results on stdout: the summary (and the --json report) go to stderr instead.
@@ -365,7 +369,8 @@ fn write_outcome(
 }
 
 /// Why a worker program could not be executed, in words that say what to fix: not
-/// executable, a `#!` interpreter that is missing, not on `PATH`.
+/// executable, a `#!` interpreter that is missing, not on `PATH`. The OS error itself
+/// is left to the caller.
 pub fn describe_start_error(program: &str, err: &std::io::Error) -> String {
     use std::os::unix::fs::PermissionsExt;
     let path = if program.contains('/') {
@@ -379,9 +384,9 @@ pub fn describe_start_error(program: &str, err: &std::io::Error) -> String {
     };
     let Some(path) = path.filter(|path| path.exists()) else {
         return if program.contains('/') {
-            format!("{program}: no such file ({err})")
+            format!("there is no file {program}")
         } else {
-            format!("{program}: command not found on PATH ({err})")
+            format!("{program} is not a command on PATH")
         };
     };
     let shown = path.display();
@@ -405,12 +410,12 @@ pub fn describe_start_error(program: &str, err: &std::io::Error) -> String {
                 && !std::path::Path::new(&interpreter).exists() =>
         {
             format!(
-                "{shown} exists, but the interpreter on its #! line, {interpreter}, does not ({err}); fix the #! line or name the interpreter (--child 'python3 {shown}')"
+                "{shown} exists, but the interpreter on its #! line, {interpreter}, does not; fix the #! line or name the interpreter (--child 'python3 {shown}')"
             )
         }
         None if err.raw_os_error() == Some(8) => {
-            format!("{shown} is not a program this system can execute (no #! line?): {err}")
+            format!("{shown} is not a program this system can execute (no #! line?)")
         }
-        _ => format!("{shown}: {err}"),
+        _ => format!("check {shown}"),
     }
 }
