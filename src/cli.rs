@@ -20,6 +20,9 @@ Examples:
   procpool run crash --mode segv --every 10 one task in ten segfaults its worker
   procpool run colmeans --file big.npy      column means of a file larger than memory
   procpool gen array --rows 1e7 --cols 8 big.npy   a 640 MB test array
+  procpool run tasks --child 'python3 w.py' < in.jsonl > out.jsonl
+                                            one task per input line, one result line each
+  procpool check-worker 'python3 w.py'      check a worker against protocol v1
 
   procpool bench primes --procs 1,2 -- --limit 1e9   scaling table
 
@@ -47,6 +50,9 @@ pub enum Command {
     /// Generate input data (deterministic, streamed to disk).
     #[command(subcommand)]
     Gen(crate::gen::GenArgs),
+    /// Check that a worker command speaks protocol v1: ready, several tasks in flight
+    /// answered exactly once each, exit 0 on stop and on EOF. Prints a checklist.
+    CheckWorker(crate::check_worker::Args),
     /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
     #[command(hide = true)]
     Worker {
@@ -80,6 +86,9 @@ pub enum WorkloadArgs {
     Primes(workloads::primes::Args),
     /// Empty tasks, to measure the pool's own overhead per task.
     Noop(workloads::noop::Args),
+    /// One task per input line (JSON, or taken as a string) for a --child worker; one
+    /// result line per task: {"id","input","output"} or {"id","input","error"}.
+    Tasks(workloads::tasks::Args),
 }
 
 impl WorkloadArgs {
@@ -92,6 +101,7 @@ impl WorkloadArgs {
             WorkloadArgs::Maze(_) => Kind::Maze,
             WorkloadArgs::Primes(_) => Kind::Primes,
             WorkloadArgs::Noop(_) => Kind::Noop,
+            WorkloadArgs::Tasks(_) => Kind::Tasks,
         }
     }
 }
@@ -136,6 +146,9 @@ pub struct PoolArgs {
     /// Kill a worker whose task runs longer than this many seconds (counts as a crash).
     #[arg(long, global = true, value_parser = parse_seconds)]
     pub task_timeout: Option<Duration>,
+    /// Kill a worker that has not sent `ready` this many seconds after starting.
+    #[arg(long, global = true, default_value = "30", value_parser = parse_seconds)]
+    pub ready_timeout: Duration,
     /// Replace each worker after it has answered this many tasks.
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tasks_per_child: Option<u64>,
@@ -153,7 +166,7 @@ pub struct PoolArgs {
     pub quiet: bool,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;

@@ -1,6 +1,7 @@
 //! `procpool`: run work on a pool of isolated worker processes.
 
 mod bench;
+mod check_worker;
 mod cli;
 mod gen;
 mod run;
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Command::Worker { workload } => {
             return ExitCode::from(worker::serve_builtin(workload) as u8)
         }
+        Command::CheckWorker(args) => return check_worker::main(&args),
         Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Command::Gen(args) => gen::run(args).map(|_| ExitCode::SUCCESS),
         Command::Run(args) => run::run(*args),

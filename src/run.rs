@@ -18,7 +18,7 @@ use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
 use crate::status::{Status, REDRAW_EVERY};
 use crate::workloads::{
     colmeans::Colmeans, crash::Crash, mandelbrot::Mandelbrot, matmul::Matmul, maze::MazeJob,
-    noop::Noop, primes::Primes, Job, Kind, Summary,
+    noop::Noop, primes::Primes, tasks::Tasks, Job, Kind, Summary,
 };
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
@@ -35,6 +35,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let kind = args.workload.kind();
+    if kind == Kind::Tasks && args.pool.child.is_none() {
+        return Err(UsageError(
+            "`procpool run tasks` needs --child CMD, the worker that runs each line \
+             (e.g. --child 'python3 examples/python/count_words.py')"
+                .into(),
+        )
+        .into());
+    }
     let job = make_job(&args.workload, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
         .map_err(|err| match err.is::<crate::gen::Interrupted>() {
@@ -55,9 +63,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let log_status = Rc::clone(&status);
     config.on_log = Box::new(move |slot, line| log_status.borrow_mut().worker_log(slot, line));
-    let pool = Pool::start(config).context("starting the worker pool")?;
+    let pool = match Pool::start(config) {
+        Ok(pool) => pool,
+        Err(err @ PoolError::Start { .. }) => {
+            let PoolError::Start {
+                start: WorkerStart::Spawn { program, .. },
+                error,
+                ..
+            } = &err
+            else {
+                return Err(anyhow::Error::from(err).context("starting the worker pool"));
+            };
+            let hint = describe_start_error(&program.to_string_lossy(), error);
+            anyhow::bail!("{err}: {hint}")
+        }
+        Err(err) => return Err(anyhow::Error::from(err).context("starting the worker pool")),
+    };
+    // Results on stdout: the summary (and the --json report) go to stderr instead.
+    let summary_to_stderr = job.results_on_stdout();
     let outcome = drive(pool, job, &args.pool, &status)?;
-    print_outcome(&outcome, &args.pool, kind, procs)?;
+    print_outcome(&outcome, &args.pool, kind, procs, summary_to_stderr)?;
     Ok(ExitCode::from(outcome.exit_code()))
 }
 
@@ -70,6 +95,7 @@ fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
         WorkloadArgs::Maze(args) => Box::new(MazeJob::new(args, procs)?),
         WorkloadArgs::Primes(args) => Box::new(Primes::new(args, procs)?),
         WorkloadArgs::Noop(args) => Box::new(Noop::new(args)),
+        WorkloadArgs::Tasks(args) => Box::new(Tasks::new(args)?),
     })
 }
 
@@ -113,6 +139,7 @@ fn pool_config(args: &PoolArgs, procs: usize, kind: Kind) -> Result<PoolConfig> 
     restart.period = args.restart_period;
     config.restart = restart;
     config.task_timeout = args.task_timeout;
+    config.ready_timeout = args.ready_timeout;
     config.max_tasks_per_child = args.max_tasks_per_child;
     config.grace = args.grace;
     config.chaos = args.chaos;
@@ -157,16 +184,24 @@ fn drive(
     let mut error = None;
     let mut planning_failed = false;
     loop {
-        while !planning_failed && !pool.interrupted() && pool.unfinished() < window {
+        while !planning_failed && !pool.interrupted() && pool.unfinished().max(job.held()) < window
+        {
             match job.next_task() {
                 Some(Ok(input)) => {
-                    pool.put(input);
+                    let id = pool.put(input);
+                    job.was_put(id);
                 }
                 Some(Err(err)) => {
                     error = Some(err.context("preparing tasks"));
                     planning_failed = true;
                 }
                 None => break,
+            }
+        }
+        if !pool.has_events() {
+            if let Err(err) = job.flush() {
+                error = Some(err);
+                break;
             }
         }
         let event = match pool.next_event() {
@@ -274,8 +309,19 @@ fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: 
 }
 
 /// Prints the run's summary; a closed stdout (`| head`) is not an error worth a panic.
-fn print_outcome(outcome: &Outcome, args: &PoolArgs, kind: Kind, procs: usize) -> Result<()> {
-    match write_outcome(&mut std::io::stdout().lock(), outcome, args, kind, procs) {
+fn print_outcome(
+    outcome: &Outcome,
+    args: &PoolArgs,
+    kind: Kind,
+    procs: usize,
+    to_stderr: bool,
+) -> Result<()> {
+    let written = if to_stderr {
+        write_outcome(&mut std::io::stderr().lock(), outcome, args, kind, procs)
+    } else {
+        write_outcome(&mut std::io::stdout().lock(), outcome, args, kind, procs)
+    };
+    match written {
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => Ok(result?),
     }
@@ -341,4 +387,56 @@ fn write_outcome(
         report.supervisor_cpu.sys.as_secs_f64(),
         worker_cpu.as_secs_f64() / wall.max(1e-9),
     )
+}
+
+/// Why a worker program could not be executed, in words that say what to fix: not
+/// executable, a `#!` interpreter that is missing, not on `PATH`. The OS error itself
+/// is left to the caller.
+pub fn describe_start_error(program: &str, err: &std::io::Error) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = if program.contains('/') {
+        Some(std::path::PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    let Some(path) = path.filter(|path| path.exists()) else {
+        return if program.contains('/') {
+            format!("there is no file {program}")
+        } else {
+            format!("{program} is not a command on PATH")
+        };
+    };
+    let shown = path.display();
+    if path.is_dir() {
+        return format!("{shown} is a directory, not a program");
+    }
+    let executable = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    if err.kind() == std::io::ErrorKind::PermissionDenied && !executable {
+        return format!(
+            "{shown} is not executable: `chmod +x {shown}`, or name its interpreter (--child 'python3 {shown}')"
+        );
+    }
+    let interpreter = std::fs::read(&path).ok().and_then(|bytes| {
+        let first = bytes.split(|&b| b == b'\n').next()?.strip_prefix(b"#!")?;
+        let text = String::from_utf8_lossy(first).trim().to_string();
+        Some(text.split_whitespace().next()?.to_string())
+    });
+    match interpreter {
+        Some(interpreter)
+            if err.kind() == std::io::ErrorKind::NotFound
+                && !std::path::Path::new(&interpreter).exists() =>
+        {
+            format!(
+                "{shown} exists, but the interpreter on its #! line, {interpreter}, does not; fix the #! line or name the interpreter (--child 'python3 {shown}')"
+            )
+        }
+        None if err.raw_os_error() == Some(8) => {
+            format!("{shown} is not a program this system can execute (no #! line?)")
+        }
+        _ => format!("check {shown}"),
+    }
 }

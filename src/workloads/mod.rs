@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod maze;
 pub mod noop;
 pub mod primes;
+pub mod tasks;
 
 use anyhow::Result;
 use procpool_child::TaskId;
@@ -22,6 +23,15 @@ pub trait Job {
     /// while the pool has room, so a job can stream inputs it never holds whole.
     fn next_task(&mut self) -> Option<Result<Value>>;
 
+    /// The input `next_task` returned last was put as task `id`.
+    fn was_put(&mut self, _id: TaskId) {}
+
+    /// Tasks the job holds on to (put and not yet fully handled); the driver puts no
+    /// more while this or the pool's unfinished count fills its window.
+    fn held(&self) -> usize {
+        0
+    }
+
     /// Folds one task's output into the job's result.
     fn reduce(&mut self, id: TaskId, output: Value) -> Result<()>;
 
@@ -29,6 +39,17 @@ pub trait Job {
     /// crash). The run report counts these whatever the job does.
     fn on_failure(&mut self, _id: TaskId, _outcome: &TaskOutcome) -> Result<()> {
         Ok(())
+    }
+
+    /// Called when the pool has no more events ready, before it waits: a job that
+    /// writes as it goes flushes here, once per batch of answers.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the job writes its results on stdout (the summary then goes to stderr).
+    fn results_on_stdout(&self) -> bool {
+        false
     }
 
     /// How many tasks the job will put, when it knows (for progress and ETA).
@@ -95,6 +116,9 @@ pub enum Kind {
     Maze,
     Primes,
     Noop,
+    /// Lines of input to a `--child` worker; there is no built-in worker for it.
+    #[value(skip)]
+    Tasks,
 }
 
 impl Kind {
@@ -109,6 +133,7 @@ impl Kind {
             Kind::Maze => maze::worker()?,
             Kind::Primes => Box::new(primes::run_task),
             Kind::Noop => Box::new(noop::run_task),
+            Kind::Tasks => return Err("tasks has no built-in worker; pass --child CMD".into()),
         })
     }
 
@@ -121,6 +146,7 @@ impl Kind {
             Kind::Maze => "maze",
             Kind::Primes => "primes",
             Kind::Noop => "noop",
+            Kind::Tasks => "tasks",
         }
     }
 }

@@ -491,6 +491,12 @@ impl Pool {
         }
     }
 
+    /// Whether events are ready, so that [`Pool::next_event`] returns without waiting
+    /// (a caller that writes as it goes flushes when this is false).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Tasks put and not finished.
     pub fn unfinished(&self) -> usize {
         self.queue.unfinished()
@@ -1046,7 +1052,7 @@ impl Pool {
                         crate::worker::MAX_LINE
                     ),
                 );
-                state.kill_reason.get_or_insert(KillReason::StdoutClosed);
+                state.kill_reason.get_or_insert(KillReason::LineTooLong);
                 if let Some(process) = &state.process {
                     process.kill(Signal::SIGKILL);
                 }

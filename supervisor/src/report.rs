@@ -57,6 +57,8 @@ pub enum KillReason {
     ReadyTimeout,
     /// The worker closed its stdout but kept running.
     StdoutClosed,
+    /// The worker wrote a stdout line longer than the 1 GiB limit.
+    LineTooLong,
     /// `--chaos` picked it.
     Chaos,
     /// Shutdown: it did not stop within the grace period, or a second Ctrl-C.
@@ -69,6 +71,7 @@ impl fmt::Display for KillReason {
             KillReason::TaskTimeout => "its task ran past the deadline",
             KillReason::ReadyTimeout => "it never sent ready",
             KillReason::StdoutClosed => "it closed its stdout but kept running",
+            KillReason::LineTooLong => "it wrote a stdout line over 1 GiB",
             KillReason::Chaos => "chaos",
             KillReason::Shutdown => "shutdown",
         })

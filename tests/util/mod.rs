@@ -139,10 +139,15 @@ impl Procpool {
     }
 
     /// Starts the run and returns at once, for tests that signal it while it runs.
-    pub fn spawn(mut self) -> Running {
+    pub fn spawn(self) -> Running {
+        self.spawn_with_stdin(Stdio::null())
+    }
+
+    /// Starts the run with `stdin` as its standard input.
+    fn spawn_with_stdin(mut self, stdin: Stdio) -> Running {
         let mut child = self
             .command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -461,4 +466,57 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+impl Procpool {
+    /// Runs with `input` on stdin (through a file in the run's directory) and asserts
+    /// the exit code, for runs that read their stdin.
+    pub fn run_with_stdin(self, input: &[u8], expected_code: i32) -> Output {
+        let path = self.dir.path().join("procpool-test-stdin");
+        std::fs::write(&path, input).expect("writing the stdin file");
+        let stdin = std::fs::File::open(&path).expect("opening the stdin file");
+        self.spawn_with_stdin(stdin.into()).wait(expected_code)
+    }
+}
+
+impl Running {
+    /// Waits for the exit like [`Running::wait`], sampling the process's peak resident
+    /// memory (`VmHWM` in `/proc/<pid>/status`, KiB) until it exits.
+    pub fn wait_with_peak_rss(self, expected_code: i32) -> (Output, u64) {
+        let path = format!("/proc/{}/status", self.pid());
+        let mut peak = 0;
+        while let Ok(status) = std::fs::read_to_string(&path) {
+            let hwm = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            match hwm {
+                Some(kib) => peak = peak.max(kib),
+                None => break, // a zombie: it has exited
+            }
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (self.wait(expected_code), peak)
+    }
+}
+
+/// `python3 <the example>`, as a `--child` command.
+pub fn python_example(name: &str) -> String {
+    format!(
+        "python3 {}",
+        manifest_dir().join("examples/python").join(name).display()
+    )
+}
+
+/// The output lines of a `tasks` run, parsed, in the order they were written.
+pub fn result_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("a result line that is not JSON ({err}): {line}"))
+        })
+        .collect()
 }

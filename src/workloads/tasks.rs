@@ -1,0 +1,263 @@
+//! `tasks`: one task per input line, one result line per task, for a `--child` worker
+//! in any language. The supervisor side only: there is no built-in worker.
+//!
+//! Input: each line is one task's input, a JSON value; a line that is not JSON is
+//! taken as a JSON string; blank lines are skipped. Output: one JSON line per task,
+//! `{"id":..,"input":..,"output":..}` or `{"id":..,"input":..,"error":".."}`, in
+//! completion order, or in input order with `--ordered`.
+//!
+//! Memory stays bounded whatever the input size: the driver asks for the next input
+//! only while fewer than its window of tasks are held (in flight, or finished and
+//! waiting for an earlier one with `--ordered`), and the job keeps the inputs of
+//! those tasks only, to echo them in the output.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+
+use anyhow::{Context, Result};
+use procpool_child::TaskId;
+use procpool_supervisor::{PoolReport, TaskOutcome};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{Job, Summary};
+
+/// Options of `procpool run tasks`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Read task inputs from FILE, one per line ('-': stdin).
+    #[arg(long, default_value = "-", value_name = "FILE|-")]
+    pub input: String,
+    /// Write one result line per task to FILE ('-': stdout; the summary then goes to stderr).
+    #[arg(long, default_value = "-", value_name = "FILE|-")]
+    pub output: String,
+    /// Write results in input order (default: as they complete).
+    #[arg(long)]
+    pub ordered: bool,
+}
+
+/// One output line.
+#[derive(Serialize)]
+struct ResultLine<'a> {
+    id: TaskId,
+    input: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// The supervisor side of `tasks`.
+pub struct Tasks {
+    input: Box<dyn BufRead>,
+    input_name: String,
+    line: Vec<u8>,
+    /// The input last handed out by `next_task`, until `was_put` names its id.
+    pending: Option<Value>,
+    /// Inputs of tasks put and not yet answered.
+    inputs: HashMap<TaskId, Value>,
+    ordered: bool,
+    /// `--ordered`: every task put and not yet written, in input order.
+    order: VecDeque<TaskId>,
+    /// `--ordered`: encoded lines of answered tasks waiting for an earlier one.
+    finished: HashMap<TaskId, Vec<u8>>,
+    out: BufWriter<Box<dyn Write>>,
+    output_name: String,
+    to_stdout: bool,
+    ok: u64,
+    errors: u64,
+    failed: u64,
+}
+
+impl Tasks {
+    pub fn new(args: &Args) -> Result<Tasks> {
+        let input: Box<dyn BufRead> = if args.input == "-" {
+            Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
+        } else {
+            let file = File::open(&args.input)
+                .with_context(|| format!("--input {}: cannot open it", args.input))?;
+            Box::new(BufReader::with_capacity(1 << 16, file))
+        };
+        let to_stdout = args.output == "-";
+        let out: Box<dyn Write> = if to_stdout {
+            Box::new(io::stdout())
+        } else {
+            Box::new(
+                File::create(&args.output)
+                    .with_context(|| format!("--output {}: cannot create it", args.output))?,
+            )
+        };
+        Ok(Tasks {
+            input,
+            input_name: if args.input == "-" {
+                "stdin".into()
+            } else {
+                args.input.clone()
+            },
+            line: Vec::new(),
+            pending: None,
+            inputs: HashMap::new(),
+            ordered: args.ordered,
+            order: VecDeque::new(),
+            finished: HashMap::new(),
+            out: BufWriter::with_capacity(1 << 16, out),
+            output_name: if to_stdout {
+                "stdout".into()
+            } else {
+                args.output.clone()
+            },
+            to_stdout,
+            ok: 0,
+            errors: 0,
+            failed: 0,
+        })
+    }
+
+    /// The next non-blank input line as a JSON value, a string if it is not JSON.
+    fn read_input(&mut self) -> io::Result<Option<Value>> {
+        loop {
+            self.line.clear();
+            if self.input.read_until(b'\n', &mut self.line)? == 0 {
+                return Ok(None);
+            }
+            let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(match serde_json::from_slice(text) {
+                Ok(value) => value,
+                Err(_) => Value::String(String::from_utf8_lossy(text).into_owned()),
+            }));
+        }
+    }
+
+    /// Writes (or, with `--ordered`, queues) the line of a finished task.
+    fn finish(&mut self, id: TaskId, output: Option<&Value>, error: Option<&str>) -> Result<()> {
+        let input = self.inputs.remove(&id).unwrap_or(Value::Null);
+        let line = ResultLine {
+            id,
+            input: &input,
+            output,
+            error,
+        };
+        if !self.ordered {
+            serde_json::to_writer(&mut self.out, &line)?;
+            self.out.write_all(b"\n").context("writing a result")?;
+            return Ok(());
+        }
+        let mut encoded = serde_json::to_vec(&line)?;
+        encoded.push(b'\n');
+        self.finished.insert(id, encoded);
+        self.write_ready_in_order()
+    }
+
+    /// Writes the finished lines at the head of the input order.
+    fn write_ready_in_order(&mut self) -> Result<()> {
+        while let Some(line) = self.order.front().and_then(|id| self.finished.remove(id)) {
+            self.order.pop_front();
+            self.out.write_all(&line).context("writing a result")?;
+        }
+        Ok(())
+    }
+}
+
+impl Job for Tasks {
+    fn next_task(&mut self) -> Option<Result<Value>> {
+        match self.read_input() {
+            Ok(Some(value)) => {
+                self.pending = Some(value.clone());
+                Some(Ok(value))
+            }
+            Ok(None) => None,
+            Err(err) => Some(Err(
+                anyhow::Error::new(err).context(format!("reading {}", self.input_name))
+            )),
+        }
+    }
+
+    fn was_put(&mut self, id: TaskId) {
+        if let Some(input) = self.pending.take() {
+            self.inputs.insert(id, input);
+        }
+        if self.ordered {
+            self.order.push_back(id);
+        }
+    }
+
+    fn held(&self) -> usize {
+        if self.ordered {
+            self.order.len()
+        } else {
+            self.inputs.len()
+        }
+    }
+
+    fn reduce(&mut self, id: TaskId, output: Value) -> Result<()> {
+        self.ok += 1;
+        self.finish(id, Some(&output), None)
+    }
+
+    fn on_failure(&mut self, id: TaskId, outcome: &TaskOutcome) -> Result<()> {
+        let message = match outcome {
+            TaskOutcome::Error(message) => {
+                self.errors += 1;
+                message.clone()
+            }
+            TaskOutcome::Failed(crashes) => {
+                self.failed += 1;
+                format!(
+                    "quarantined: it was running in {} workers that crashed; last: {}",
+                    crashes.len(),
+                    crashes.last().map_or(String::new(), |c| c.to_string())
+                )
+            }
+            TaskOutcome::Output(_) => unreachable!("results go to reduce"),
+        };
+        self.finish(id, None, Some(&message))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .with_context(|| format!("writing results to {}", self.output_name))
+    }
+
+    fn results_on_stdout(&self) -> bool {
+        self.to_stdout
+    }
+
+    fn summary(mut self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
+        self.flush()?;
+        let total = self.ok + self.errors + self.failed;
+        Ok(Summary::new(
+            format!(
+                "{total} results written to {} ({} ok, {} error, {} failed)",
+                self.output_name, self.ok, self.errors, self.failed
+            ),
+            json!({
+                "tasks": total,
+                "ok": self.ok,
+                "error": self.errors,
+                "failed": self.failed,
+                "output": if self.to_stdout { "-" } else { self.output_name.as_str() },
+            }),
+        ))
+    }
+}
+
+impl Drop for Tasks {
+    /// An interrupted run still writes what finished: with `--ordered`, the results
+    /// held back behind a task that never ran, in order, skipping the gap.
+    fn drop(&mut self) {
+        let mut ids: Vec<TaskId> = self.finished.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(line) = self.finished.remove(&id) {
+                let _ = self.out.write_all(&line);
+            }
+        }
+        let _ = self.out.flush();
+    }
+}

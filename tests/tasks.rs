@@ -1,0 +1,299 @@
+//! `procpool run tasks` end to end with the Python SDK: one output line per input
+//! line, completion order or `--ordered`, non-JSON lines as strings, errors and
+//! crashes as error lines, stdin/stdout by default, and a large input streamed in
+//! bounded memory.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use util::{manifest_dir, python_example, result_lines, Procpool};
+
+/// A worker script on the SDK: `body` defines `handle(input)`.
+fn sdk_worker(body: &str) -> String {
+    format!(
+        "import os, sys, time\nsys.path.insert(0, {:?})\nfrom procpool_worker import serve\n{body}\nserve(handle)\n",
+        manifest_dir().join("examples/python").display().to_string()
+    )
+}
+
+fn ids(lines: &[Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|line| line["id"].as_u64().expect("id"))
+        .collect()
+}
+
+#[test]
+fn results_come_in_completion_order_or_in_input_order_with_ordered() {
+    // Task 0 sleeps; the others are instant, so they overtake it on the other worker.
+    let worker = sdk_worker("def handle(x):\n    time.sleep(x)\n    return x\n");
+    let input = "0.8\n0\n0\n0\n0\n0\n";
+    let args = |ordered: bool| {
+        let mut args = vec![
+            "run",
+            "tasks",
+            "--child",
+            "python3 w.py",
+            "--procs",
+            "2",
+            "--prefetch",
+            "1",
+            "--input",
+            "in.txt",
+            "--quiet",
+        ];
+        if ordered {
+            args.push("--ordered");
+        }
+        args
+    };
+    let output = Procpool::new(args(false))
+        .write("w.py", &worker)
+        .write("in.txt", input)
+        .run(0);
+    let lines = result_lines(&output.stdout);
+    assert_eq!(lines.len(), 6, "{output}");
+    assert_eq!(
+        *ids(&lines).last().unwrap(),
+        0,
+        "the slow task finishes last\n{output}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &json!({"id": 0, "input": 0.8, "output": 0.8})
+    );
+
+    let output = Procpool::new(args(true))
+        .write("w.py", &worker)
+        .write("in.txt", input)
+        .run(0);
+    let lines = result_lines(&output.stdout);
+    assert_eq!(ids(&lines), vec![0, 1, 2, 3, 4, 5], "{output}");
+    assert!(output.stderr.contains("tasks: 6 ok"), "{output}");
+}
+
+#[test]
+fn lines_that_are_not_json_are_strings_and_blank_lines_are_skipped() {
+    let output = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        &python_example("procpool_worker.py"),
+        "--procs",
+        "2",
+        "--input",
+        "in.txt",
+        "--ordered",
+    ])
+    .write(
+        "in.txt",
+        "42\nhello world\n\n   \n{\"a\": [1, null]}\n\"quoted\"\r\nnot {json\ntrue\n",
+    )
+    .run(0);
+    let lines = result_lines(&output.stdout);
+    let inputs: Vec<&Value> = lines.iter().map(|l| &l["input"]).collect();
+    assert_eq!(
+        inputs,
+        [
+            &json!(42),
+            &json!("hello world"),
+            &json!({"a": [1, null]}),
+            &json!("quoted"),
+            &json!("not {json"),
+            &json!(true)
+        ],
+        "{output}"
+    );
+    for line in &lines {
+        assert_eq!(line["input"], line["output"], "the echo worker\n{output}");
+    }
+    assert_eq!(ids(&lines), vec![0, 1, 2, 3, 4, 5], "{output}");
+}
+
+#[test]
+fn a_task_error_is_an_error_line_and_the_run_exits_1() {
+    let worker = sdk_worker(
+        "def handle(x):\n    if x < 0:\n        raise ValueError('negative: %d' % x)\n    return x * 10\n",
+    );
+    let output = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        "python3 w.py",
+        "--procs",
+        "2",
+        "--input",
+        "in.txt",
+        "--ordered",
+    ])
+    .write("w.py", &worker)
+    .write("in.txt", "1\n-2\n3\n")
+    .run(1);
+    let lines = result_lines(&output.stdout);
+    assert_eq!(
+        lines,
+        vec![
+            json!({"id": 0, "input": 1, "output": 10}),
+            json!({"id": 1, "input": -2, "error": "ValueError: negative: -2"}),
+            json!({"id": 2, "input": 3, "output": 30}),
+        ],
+        "{output}"
+    );
+    assert!(
+        output.stderr.contains("tasks: 2 ok, 1 error, 0 failed"),
+        "{output}"
+    );
+}
+
+#[test]
+fn crashes_mid_run_still_give_exactly_one_line_per_input() {
+    // "boom" kills its worker every time (quarantined after 3 attempts); "once" kills
+    // the first worker that runs it only (retried, then fine).
+    let worker = sdk_worker(
+        "def handle(x):\n    if x == 'boom':\n        os._exit(3)\n    if x == 'once' and not os.path.exists('crashed'):\n        open('crashed', 'w').close()\n        os._exit(4)\n    return x\n",
+    );
+    let mut input = String::new();
+    for i in 0..40 {
+        input.push_str(&match i {
+            10 => "boom\n".to_string(),
+            25 => "once\n".to_string(),
+            _ => format!("{i}\n"),
+        });
+    }
+    let results = tempfile::tempdir().unwrap();
+    let out_path = results.path().join("out.jsonl");
+    let output = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        "python3 w.py",
+        "--procs",
+        "2",
+        "--input",
+        "in.txt",
+        "--output",
+        out_path.to_str().unwrap(),
+        "--json",
+    ])
+    .write("w.py", &worker)
+    .write("in.txt", &input)
+    .run(1);
+    // The results went to the file; stdout holds the report alone.
+    let report = output.json();
+    assert_eq!(report["tasks_ok"], json!(39), "{output}");
+    assert_eq!(report["tasks_failed"], json!(1), "{output}");
+    assert_eq!(report["result"]["tasks"], json!(40), "{output}");
+    let text = std::fs::read_to_string(&out_path).expect("the output file");
+    let lines = result_lines(&text);
+    assert_eq!(lines.len(), 40, "{text}\n{output}");
+    let mut seen = ids(&lines);
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..40).collect::<Vec<u64>>(),
+        "one line per input\n{text}"
+    );
+    let boom = lines
+        .iter()
+        .find(|l| l["input"] == json!("boom"))
+        .expect("boom");
+    let error = boom["error"].as_str().expect("an error line");
+    assert!(
+        error.contains("quarantined") && error.contains("exited with code 3"),
+        "{error}"
+    );
+    let once = lines
+        .iter()
+        .find(|l| l["input"] == json!("once"))
+        .expect("once");
+    assert_eq!(
+        once["output"],
+        json!("once"),
+        "retried after one crash\n{output}"
+    );
+    assert!(output.stderr.contains("exited with code 4"), "{output}");
+}
+
+#[test]
+fn stdin_and_stdout_by_default_with_the_summary_and_report_on_stderr() {
+    let child = python_example("procpool_worker.py");
+    let output = Procpool::new(["run", "tasks", "--child", &child, "--procs", "2"])
+        .run_with_stdin(b"1\n2\n3\n", 0);
+    let lines = result_lines(&output.stdout);
+    let inputs: BTreeSet<i64> = lines
+        .iter()
+        .map(|l| l["output"].as_i64().unwrap())
+        .collect();
+    assert_eq!(inputs, BTreeSet::from([1, 2, 3]), "{output}");
+    assert!(output.stderr.contains("tasks: 3 ok"), "{output}");
+
+    let output = Procpool::new(["run", "tasks", "--child", &child, "--json"])
+        .run_with_stdin(b"\"a\"\n\"b\"\n", 0);
+    assert_eq!(
+        result_lines(&output.stdout).len(),
+        2,
+        "only results on stdout\n{output}"
+    );
+    let report: Value = serde_json::from_str(output.stderr.lines().last().unwrap())
+        .unwrap_or_else(|err| panic!("the last stderr line is the report ({err})\n{output}"));
+    assert_eq!(report["workload"], json!("tasks"), "{output}");
+    assert_eq!(report["result"]["ok"], json!(2), "{output}");
+}
+
+#[test]
+fn tasks_without_child_is_a_usage_error() {
+    let output = Procpool::new(["run", "tasks"]).run_with_stdin(b"1\n", 2);
+    assert!(output.stderr.contains("needs --child"), "{output}");
+    let output =
+        Procpool::new(["run", "tasks", "--child", "true", "--input", "missing.txt"]).run(2);
+    assert!(output.stderr.contains("missing.txt"), "{output}");
+}
+
+#[test]
+fn a_large_input_streams_in_bounded_memory() {
+    const LINES: usize = 200_000;
+    let mut input = String::with_capacity(LINES * 40);
+    for i in 0..LINES {
+        input.push_str(&format!("{{\"n\": {i}, \"pad\": \"{:020}\"}}\n", i));
+    }
+    let results = tempfile::tempdir().unwrap();
+    let out_path = results.path().join("out.jsonl");
+    let run = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        &python_example("procpool_worker.py"),
+        "--procs",
+        "2",
+        "--input",
+        "in.jsonl",
+        "--output",
+        out_path.to_str().unwrap(),
+        "--ordered",
+        "--json",
+    ])
+    .timeout(Duration::from_secs(120))
+    .write("in.jsonl", &input);
+    let started = Instant::now();
+    let running = run.spawn();
+    let (output, peak_kib) = running.wait_with_peak_rss(0);
+    let took = started.elapsed();
+    let report = output.json();
+    assert_eq!(report["tasks_ok"], json!(LINES), "{output}");
+    let text = std::fs::read_to_string(&out_path).expect("the output file");
+    let mut count = 0;
+    for (i, line) in text.lines().enumerate() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["id"], json!(i));
+        assert_eq!(line["output"]["n"], json!(i));
+        count += 1;
+    }
+    assert_eq!(count, LINES);
+    eprintln!("{LINES} lines in {took:.2?}, supervisor peak RSS {peak_kib} KiB");
+    // The input file alone is ~8 MB; holding it (or the results) whole would show.
+    assert!(peak_kib < 40 * 1024, "supervisor peak RSS {peak_kib} KiB");
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+}
