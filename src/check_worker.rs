@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use procpool_child::{
     decode_line, encode_line, encode_task, FromWorker, TaskId, ToWorker, WorkerEnv,
 };
+use procpool_supervisor::explain_start_error;
 use serde_json::{json, Value};
 
 /// Options of `procpool check-worker`.
@@ -259,8 +260,8 @@ impl Worker {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|err| {
-                let hint = crate::run::describe_start_error(&words[0], &err);
-                format!("cannot start {}: {err}: {hint}", words[0])
+                let err = explain_start_error(words[0].as_ref(), err);
+                format!("cannot start {}: {err}", words[0])
             })?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");

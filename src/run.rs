@@ -63,22 +63,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let log_status = Rc::clone(&status);
     config.on_log = Box::new(move |slot, line| log_status.borrow_mut().worker_log(slot, line));
-    let pool = match Pool::start(config) {
-        Ok(pool) => pool,
-        Err(err @ PoolError::Start { .. }) => {
-            let PoolError::Start {
-                start: WorkerStart::Spawn { program, .. },
-                error,
-                ..
-            } = &err
-            else {
-                return Err(anyhow::Error::from(err).context("starting the worker pool"));
-            };
-            let hint = describe_start_error(&program.to_string_lossy(), error);
-            anyhow::bail!("{err}: {hint}")
-        }
-        Err(err) => return Err(anyhow::Error::from(err).context("starting the worker pool")),
-    };
+    let pool = Pool::start(config).context("starting the worker pool")?;
     // Results on stdout: the summary (and the --json report) go to stderr instead.
     let summary_to_stderr = job.results_on_stdout();
     let outcome = drive(pool, job, &args.pool, &status)?;
@@ -387,56 +372,4 @@ fn write_outcome(
         report.supervisor_cpu.sys.as_secs_f64(),
         worker_cpu.as_secs_f64() / wall.max(1e-9),
     )
-}
-
-/// Why a worker program could not be executed, in words that say what to fix: not
-/// executable, a `#!` interpreter that is missing, not on `PATH`. The OS error itself
-/// is left to the caller.
-pub fn describe_start_error(program: &str, err: &std::io::Error) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = if program.contains('/') {
-        Some(std::path::PathBuf::from(program))
-    } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(program))
-                .find(|candidate| candidate.is_file())
-        })
-    };
-    let Some(path) = path.filter(|path| path.exists()) else {
-        return if program.contains('/') {
-            format!("there is no file {program}")
-        } else {
-            format!("{program} is not a command on PATH")
-        };
-    };
-    let shown = path.display();
-    if path.is_dir() {
-        return format!("{shown} is a directory, not a program");
-    }
-    let executable = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
-    if err.kind() == std::io::ErrorKind::PermissionDenied && !executable {
-        return format!(
-            "{shown} is not executable: `chmod +x {shown}`, or name its interpreter (--child 'python3 {shown}')"
-        );
-    }
-    let interpreter = std::fs::read(&path).ok().and_then(|bytes| {
-        let first = bytes.split(|&b| b == b'\n').next()?.strip_prefix(b"#!")?;
-        let text = String::from_utf8_lossy(first).trim().to_string();
-        Some(text.split_whitespace().next()?.to_string())
-    });
-    match interpreter {
-        Some(interpreter)
-            if err.kind() == std::io::ErrorKind::NotFound
-                && !std::path::Path::new(&interpreter).exists() =>
-        {
-            format!(
-                "{shown} exists, but the interpreter on its #! line, {interpreter}, does not; fix the #! line or name the interpreter (--child 'python3 {shown}')"
-            )
-        }
-        None if err.raw_os_error() == Some(8) => {
-            format!("{shown} is not a program this system can execute (no #! line?)")
-        }
-        _ => format!("check {shown}"),
-    }
 }

@@ -329,7 +329,7 @@ fn a_script_whose_interpreter_is_missing_is_one_line_naming_it() {
     cannot_start(
         &[("worker.py", "#!/no/such/python3\nprint('never')\n")],
         "./worker.py",
-        "cannot start worker 0 (`./worker.py`): its interpreter `/no/such/python3` (from the #! line) does not exist",
+        "cannot start worker 0 (`./worker.py`): No such file or directory (os error 2): ./worker.py exists, but the interpreter on its #! line, /no/such/python3, does not",
     );
 }
 

@@ -36,6 +36,7 @@ mod pool;
 mod queue;
 mod report;
 mod restart;
+mod start_error;
 mod sys;
 mod worker;
 
@@ -49,3 +50,4 @@ pub use report::{
     WorkerReport,
 };
 pub use restart::RestartPolicy;
+pub use start_error::explain_start_error;

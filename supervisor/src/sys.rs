@@ -57,36 +57,8 @@ pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::R
     }
     let child = command
         .spawn()
-        .map_err(|err| explain_not_found(command.get_program(), err))?;
+        .map_err(|err| crate::start_error::explain_start_error(command.get_program(), err))?;
     Ok(Pid::from_raw(child.id() as i32))
-}
-
-/// exec reports a script whose `#!` interpreter is missing as ENOENT, the same as a
-/// missing script, which misleads whoever can see the script right there. Name the
-/// interpreter instead.
-fn explain_not_found(program: &std::ffi::OsStr, err: io::Error) -> io::Error {
-    use std::io::Read;
-    use std::os::unix::ffi::OsStrExt;
-    // A bare name was looked up in PATH; only a path names the file exec opened.
-    if err.kind() != io::ErrorKind::NotFound || !program.as_bytes().contains(&b'/') {
-        return err;
-    }
-    let mut head = [0u8; 256];
-    let Ok(read) = std::fs::File::open(program).and_then(|mut file| file.read(&mut head)) else {
-        return err;
-    };
-    let Some(line) = head[..read].strip_prefix(b"#!") else {
-        return err;
-    };
-    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
-    let interpreter = String::from_utf8_lossy(line);
-    match interpreter.split_whitespace().next() {
-        Some(interpreter) => io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("its interpreter `{interpreter}` (from the #! line) does not exist"),
-        ),
-        None => err,
-    }
 }
 
 /// Forks the supervisor into a worker that runs `body` and exits with its return value.
