@@ -17,6 +17,7 @@ Examples:
   procpool run primes --start fork          fork the workers instead of re-executing
   procpool run mandelbrot --out set.png     the classic image, rows balanced dynamically
   procpool run crash --mode segv --every 10 one task in ten segfaults its worker
+  procpool run crawl --procs 16             crawl a demo site on 127.0.0.1, 16 fetches at once
 
   procpool bench primes --procs 1,2 -- --limit 1e9   scaling table
 
@@ -48,6 +49,9 @@ pub enum Command {
         #[arg(value_enum)]
         workload: Kind,
     },
+    /// Serve the generated demo site that `run crawl` crawls, until stdin closes.
+    #[command(hide = true)]
+    ServeSite(crate::site::ServeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +70,8 @@ pub enum WorkloadArgs {
     Matmul(workloads::matmul::Args),
     /// Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error).
     Crash(workloads::crash::Args),
+    /// Fetch pages and count their words, following links breadth-first (http:// only).
+    Crawl(workloads::crawl::Args),
     /// Count primes below --limit with a segmented sieve, one range per task.
     Primes(workloads::primes::Args),
     /// Empty tasks, to measure the pool's own overhead per task.
@@ -76,6 +82,7 @@ impl WorkloadArgs {
     pub fn kind(&self) -> Kind {
         match self {
             WorkloadArgs::Crash(_) => Kind::Crash,
+            WorkloadArgs::Crawl(_) => Kind::Crawl,
             WorkloadArgs::Mandelbrot(_) => Kind::Mandelbrot,
             WorkloadArgs::Matmul(_) => Kind::Matmul,
             WorkloadArgs::Primes(_) => Kind::Primes,
@@ -141,7 +148,7 @@ pub struct PoolArgs {
     pub quiet: bool,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;

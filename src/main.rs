@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod run;
+mod site;
 mod status;
 mod worker;
 mod workloads;
@@ -17,6 +18,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { workload } => ExitCode::from(worker::serve_builtin(workload) as u8),
+        Command::ServeSite(args) => match site::serve(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("procpool serve-site: error: {err:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Bench(args) => match bench::bench(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
 use crate::status::{Status, REDRAW_EVERY};
 use crate::workloads::{
-    crash::Crash, mandelbrot::Mandelbrot, matmul::Matmul, noop::Noop, primes::Primes, Job, Kind,
-    Summary,
+    crash::Crash, crawl::Crawl, mandelbrot::Mandelbrot, matmul::Matmul, noop::Noop, primes::Primes,
+    Job, Kind, Summary,
 };
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
@@ -60,6 +60,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
     Ok(match workload {
         WorkloadArgs::Crash(args) => Box::new(Crash::new(args)?),
+        WorkloadArgs::Crawl(args) => Box::new(Crawl::new(args)?),
         WorkloadArgs::Mandelbrot(args) => Box::new(Mandelbrot::new(args)?),
         WorkloadArgs::Matmul(args) => Box::new(Matmul::new(args, procs)?),
         WorkloadArgs::Primes(args) => Box::new(Primes::new(args, procs)?),

@@ -3,6 +3,7 @@
 //! worker side (`run_task`: one input to one output, run inside a worker process).
 
 pub mod crash;
+pub mod crawl;
 pub mod mandelbrot;
 pub mod matmul;
 pub mod noop;
@@ -87,6 +88,7 @@ impl Summary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     Crash,
+    Crawl,
     Mandelbrot,
     Matmul,
     Primes,
@@ -99,6 +101,7 @@ impl Kind {
     pub fn worker(self) -> Result<TaskHandler, String> {
         Ok(match self {
             Kind::Crash => Box::new(crash::run_task),
+            Kind::Crawl => crawl::worker()?,
             Kind::Mandelbrot => mandelbrot::worker()?,
             Kind::Matmul => matmul::worker()?,
             Kind::Primes => Box::new(primes::run_task),
@@ -109,6 +112,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Crash => "crash",
+            Kind::Crawl => "crawl",
             Kind::Mandelbrot => "mandelbrot",
             Kind::Matmul => "matmul",
             Kind::Primes => "primes",
