@@ -117,6 +117,10 @@ impl Crawl {
                 (vec![site.front.clone()], Some(site))
             }
         };
+        Ok(Crawl::with_seeds(seeds, args, site))
+    }
+
+    fn with_seeds(seeds: Vec<String>, args: &Args, site: Option<SiteServer>) -> Crawl {
         let hosts = (!args.any_host).then(|| {
             seeds
                 .iter()
@@ -142,7 +146,7 @@ impl Crawl {
             let key = HttpUrl::parse(&seed).map_or(seed, |url| url.to_string());
             crawl.visit(key);
         }
-        Ok(crawl)
+        crawl
     }
 
     /// Queues `url` unless it was seen or the page budget is spent.
@@ -210,7 +214,11 @@ impl Job for Crawl {
             self.pages,
             self.errors,
             self.words,
-            shown.join(", ")
+            if shown.is_empty() {
+                "none".to_string()
+            } else {
+                shown.join(", ")
+            }
         );
         if let Some(site) = &self.site {
             headline.push_str(&format!(" (demo site at {})", site.front));
@@ -584,6 +592,43 @@ mod tests {
     }
 
     #[test]
+    fn the_frontier_stays_on_the_seed_hosts_and_within_max_pages() {
+        let args = Args {
+            urls: None,
+            max_pages: 4,
+            timeout: Duration::from_secs(1),
+            any_host: false,
+            delay_ms: 0,
+            site_pages: 1,
+            site_seed: 1,
+            site_broken: 0,
+        };
+        let seeds = vec!["http://a:81/".to_string(), "bad".to_string()];
+        let mut crawl = Crawl::with_seeds(seeds.clone(), &args, None);
+        let page = json!({"url": "http://a:81/", "status": 200, "words": 2,
+            "counts": {"x": 2}, "links": ["http://a:81/", "http://a:82/", "http://b:81/",
+            "http://A:81/p#f", "http://a:81/q", "http://a:81/r"]});
+        crawl.reduce(0, page.clone()).unwrap();
+        let queued: Vec<&str> = crawl.frontier.iter().map(String::as_str).collect();
+        assert_eq!(
+            queued,
+            ["http://a:81/", "bad", "http://a:81/p", "http://a:81/q"]
+        );
+        let mut anywhere = Crawl::with_seeds(
+            seeds,
+            &Args {
+                any_host: true,
+                max_pages: 9,
+                ..args
+            },
+            None,
+        );
+        anywhere.reduce(0, page).unwrap();
+        assert_eq!(anywhere.frontier.len(), 7);
+        assert_eq!(anywhere.words, 2);
+    }
+
+    #[test]
     fn visible_text_and_links() {
         let html = r#"<!DOCTYPE html><html><head><title>The Title</title>
             <style>p { color: red }</style><script type="x">var no = "words";</script></head>
@@ -597,11 +642,7 @@ mod tests {
             ["the", "title", "fish", "chips", "fish", "one", "two", "three", "four"]
         );
         assert_eq!(parsed.hrefs, ["/one", "two.html"]);
-        assert_eq!(
-            count_words("a<b>c").count(),
-            1,
-            "count_words itself sees no tags"
-        );
+        assert_eq!(count_words("a<b>c").count(), 1,);
         assert_eq!(count_words(&Html::parse("a<b>c").visible).count(), 2);
     }
 }
