@@ -23,6 +23,7 @@ Examples:
   procpool run tasks --child 'python3 w.py' < in.jsonl > out.jsonl
                                             one task per input line, one result line each
   procpool check-worker 'python3 w.py'      check a worker against protocol v1
+  procpool run crawl --procs 16             crawl a demo site on 127.0.0.1, 16 fetches at once
 
   procpool bench primes --procs 1,2 -- --limit 1e9   scaling table
 
@@ -60,6 +61,9 @@ pub enum Command {
         #[arg(value_enum)]
         workload: Kind,
     },
+    /// Serve the generated demo site that `run crawl` crawls, until stdin closes.
+    #[command(hide = true)]
+    ServeSite(crate::site::ServeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +86,8 @@ pub enum WorkloadArgs {
     Crash(workloads::crash::Args),
     /// Generate mazes from a seed and solve them by BFS; --big: one maze, parallel BFS.
     Maze(workloads::maze::Args),
+    /// Fetch pages and count their words, following links breadth-first (http:// only).
+    Crawl(workloads::crawl::Args),
     /// Count primes below --limit with a segmented sieve, one range per task.
     Primes(workloads::primes::Args),
     /// Empty tasks, to measure the pool's own overhead per task.
@@ -96,6 +102,7 @@ impl WorkloadArgs {
         match self {
             WorkloadArgs::Colmeans(_) => Kind::Colmeans,
             WorkloadArgs::Crash(_) => Kind::Crash,
+            WorkloadArgs::Crawl(_) => Kind::Crawl,
             WorkloadArgs::Mandelbrot(_) => Kind::Mandelbrot,
             WorkloadArgs::Matmul(_) => Kind::Matmul,
             WorkloadArgs::Maze(_) => Kind::Maze,

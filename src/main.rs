@@ -5,6 +5,7 @@ mod check_worker;
 mod cli;
 mod gen;
 mod run;
+mod site;
 mod status;
 mod worker;
 mod workloads;
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(worker::serve_builtin(workload) as u8)
         }
         Command::CheckWorker(args) => return check_worker::main(&args),
+        Command::ServeSite(args) => site::serve(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Command::Gen(args) => gen::run(args).map(|_| ExitCode::SUCCESS),
         Command::Run(args) => run::run(*args),

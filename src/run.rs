@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
 use crate::status::{Status, REDRAW_EVERY};
 use crate::workloads::{
-    colmeans::Colmeans, crash::Crash, mandelbrot::Mandelbrot, matmul::Matmul, maze::MazeJob,
-    noop::Noop, primes::Primes, tasks::Tasks, Job, Kind, Summary,
+    colmeans::Colmeans, crash::Crash, crawl::Crawl, mandelbrot::Mandelbrot, matmul::Matmul,
+    maze::MazeJob, noop::Noop, primes::Primes, tasks::Tasks, Job, Kind, Summary,
 };
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
@@ -75,6 +75,7 @@ fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
     Ok(match workload {
         WorkloadArgs::Colmeans(args) => Box::new(Colmeans::new(args, procs)?),
         WorkloadArgs::Crash(args) => Box::new(Crash::new(args)?),
+        WorkloadArgs::Crawl(args) => Box::new(Crawl::new(args)?),
         WorkloadArgs::Mandelbrot(args) => Box::new(Mandelbrot::new(args)?),
         WorkloadArgs::Matmul(args) => Box::new(Matmul::new(args, procs)?),
         WorkloadArgs::Maze(args) => Box::new(MazeJob::new(args, procs)?),

@@ -4,6 +4,7 @@
 
 pub mod colmeans;
 pub mod crash;
+pub mod crawl;
 pub mod mandelbrot;
 pub mod matmul;
 pub mod maze;
@@ -111,6 +112,7 @@ impl Summary {
 pub enum Kind {
     Colmeans,
     Crash,
+    Crawl,
     Mandelbrot,
     Matmul,
     Maze,
@@ -128,6 +130,7 @@ impl Kind {
         Ok(match self {
             Kind::Colmeans => Box::new(colmeans::run_task),
             Kind::Crash => Box::new(crash::run_task),
+            Kind::Crawl => crawl::worker()?,
             Kind::Mandelbrot => mandelbrot::worker()?,
             Kind::Matmul => matmul::worker()?,
             Kind::Maze => maze::worker()?,
@@ -141,6 +144,7 @@ impl Kind {
         match self {
             Kind::Colmeans => "colmeans",
             Kind::Crash => "crash",
+            Kind::Crawl => "crawl",
             Kind::Mandelbrot => "mandelbrot",
             Kind::Matmul => "matmul",
             Kind::Maze => "maze",
