@@ -15,6 +15,8 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use procpool_shm::{DType, Element, ElementKind, NpyWriter};
 
+use crate::splitmix::{mix, GOLDEN_GAMMA};
+
 /// What `procpool gen` makes.
 #[derive(Debug, Subcommand)]
 pub enum GenArgs {
@@ -164,12 +166,11 @@ struct Values {
 
 impl Values {
     fn raw(&self, row: u64, col: u64) -> (u64, u64) {
-        let mut z = (row * self.cols + col)
-            .wrapping_add(self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (col, z ^ (z >> 31))
+        let key = self
+            .seed
+            .wrapping_mul(GOLDEN_GAMMA)
+            .wrapping_add(GOLDEN_GAMMA);
+        (col, mix((row * self.cols + col).wrapping_add(key)))
     }
 }
 

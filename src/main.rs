@@ -6,6 +6,7 @@ mod cli;
 mod gen;
 mod run;
 mod site;
+mod splitmix;
 mod status;
 mod worker;
 mod workloads;

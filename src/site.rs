@@ -18,6 +18,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 
+use crate::splitmix::SplitMix64;
+
 /// Options of the hidden `procpool serve-site`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -204,10 +206,11 @@ impl Site {
     }
 
     pub fn page(&self, number: u32) -> Page {
-        let mut rng = SplitMix64(self.seed ^ (u64::from(number) + 1).wrapping_mul(0x9E37_79B9));
+        let mut rng =
+            SplitMix64::new(self.seed ^ (u64::from(number) + 1).wrapping_mul(0x9E37_79B9));
         let words = |rng: &mut SplitMix64, lo: u64, hi: u64| -> Vec<&'static str> {
             let n = lo + rng.below(hi - lo + 1);
-            (0..n).map(|_| rng.word()).collect()
+            (0..n).map(|_| word(rng)).collect()
         };
         let title = words(&mut rng, 2, 4);
         let paragraphs = (0..1 + rng.below(4))
@@ -410,28 +413,10 @@ const VOCABULARY: [&str; 64] = [
     "line",
 ];
 
-/// A small, well-known generator (Steele, Lea, Flood 2014): deterministic across
-/// platforms and versions, which is all a test fixture needs.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn word(&mut self) -> &'static str {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        VOCABULARY[((u * u * u) * VOCABULARY.len() as f64) as usize]
-    }
+/// A word of the vocabulary, common words far more often than rare ones.
+fn word(rng: &mut SplitMix64) -> &'static str {
+    let u = rng.unit();
+    VOCABULARY[((u * u * u) * VOCABULARY.len() as f64) as usize]
 }
 
 #[cfg(test)]
@@ -469,9 +454,9 @@ mod tests {
             assert!(html.contains(word));
         }
         let mut skew = [0u32; 64];
-        let mut rng = SplitMix64(3);
+        let mut rng = SplitMix64::new(3);
         for _ in 0..10_000 {
-            let word = rng.word();
+            let word = word(&mut rng);
             skew[VOCABULARY.iter().position(|w| *w == word).unwrap()] += 1;
         }
         assert!(skew[0] > 10 * skew[63]);

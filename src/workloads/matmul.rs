@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Job, SharedArrayUse, Summary, TaskHandler};
+use crate::splitmix::SplitMix64;
 
 /// Options of `procpool run matmul`.
 #[derive(Debug, Clone, clap::Args)]
@@ -108,7 +109,7 @@ impl Matmul {
             self.c.as_slice::<f64>()?,
         );
         let (m, k, n) = (self.a.shape()[0], self.a.shape()[1], self.b.shape()[1]);
-        let mut rng = SplitMix(0x5eed);
+        let mut rng = SplitMix64::new(0x5eed);
         for _ in 0..2 {
             let x: Vec<f64> = (0..n).map(|_| rng.unit()).collect();
             let bx: Vec<f64> = (0..k).map(|p| dot(&b[p * n..(p + 1) * n], &x)).collect();
@@ -125,8 +126,8 @@ impl Matmul {
             }
         }
         for _ in 0..256.min(m * n) {
-            let i = (rng.next() % m as u64) as usize;
-            let j = (rng.next() % n as u64) as usize;
+            let i = rng.below(m as u64) as usize;
+            let j = rng.below(n as u64) as usize;
             let expected: f64 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
             let got = c[i * n + j];
             ensure!(
@@ -150,33 +151,15 @@ fn load(name: &str, path: &std::path::Path) -> Result<SharedArray> {
 
 fn generated(name: &str, rows: usize, cols: usize, seed: u64) -> Result<SharedArray> {
     let mut array = SharedArray::create(name, f64::DTYPE, &[rows, cols])?;
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     for value in array.as_mut_slice::<f64>()? {
-        *value = rng.unit();
+        *value = 2.0 * rng.unit() - 1.0;
     }
     Ok(array)
 }
 
 fn dot(x: &[f64], y: &[f64]) -> f64 {
     x.iter().zip(y).map(|(a, b)| a * b).sum()
-}
-
-/// SplitMix64: a tiny deterministic generator for reproducible matrices.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
 }
 
 impl Job for Matmul {

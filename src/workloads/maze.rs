@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Job, SharedArrayUse, Summary, TaskHandler};
+use crate::splitmix::SplitMix64;
 
 /// Options of `procpool run maze`.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,7 +82,7 @@ impl Maze {
     /// cell, then knocks down each remaining east and south inner wall with
     /// probability `braid`. Deterministic in `seed`.
     pub fn generate(size: usize, seed: u64, braid: f64) -> Maze {
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut open = vec![0u8; size * size];
         let mut visited = vec![false; size * size];
         let mut stack = vec![0usize];
@@ -96,7 +97,7 @@ impl Maze {
                 stack.pop();
                 continue;
             }
-            let (direction, next) = choices[(rng.next() % choices.len() as u64) as usize];
+            let (direction, next) = choices[rng.below(choices.len() as u64) as usize];
             open[cell] |= direction;
             open[next] |= opposite(direction);
             visited[next] = true;
@@ -137,24 +138,6 @@ impl Maze {
             }
         }
         None
-    }
-}
-
-/// SplitMix64: the same generator the tests' independent Python solver uses.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
