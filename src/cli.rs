@@ -173,11 +173,19 @@ pub struct PoolArgs {
     pub quiet: bool,
 }
 
+/// Seconds, at most a million (11 days): any longer wait is a typo, and the pool adds
+/// these durations to the clock.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    const MAX_SECONDS: f64 = 1e6;
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is not a duration"))
+    if !(0.0..=MAX_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "'{text}' is not between 0 and {MAX_SECONDS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// A count written as an integer or in scientific notation (`1e9`), which must be exact.
@@ -221,6 +229,15 @@ mod tests {
         };
         assert_eq!(run.pool.procs, Some(3));
         assert_eq!(run.workload.kind(), Kind::Primes);
+    }
+
+    #[test]
+    fn absurd_durations_are_usage_errors() {
+        for grace in ["1e19", "-1", "NaN", "soon"] {
+            let err =
+                Cli::try_parse_from(["procpool", "run", "noop", "--grace", grace]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{grace}");
+        }
     }
 
     #[test]

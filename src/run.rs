@@ -225,10 +225,17 @@ fn drive(
     }
     let report = pool.shutdown();
     status.borrow_mut().clear();
-    let summary = if error.is_none() && report.end == RunEnd::Completed {
-        Some(job.summary(&report)?)
-    } else {
-        None
+    // A job whose result cannot be summed up (rows missing, say) is a failed run, but
+    // the report of what did finish is still printed.
+    let summary = match (&error, &report.end) {
+        (None, RunEnd::Completed) => job.summary(&report).map_or_else(
+            |err| {
+                error = Some(err);
+                None
+            },
+            Some,
+        ),
+        _ => None,
     };
     Ok(Outcome {
         report,
@@ -258,7 +265,7 @@ fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: 
                 )),
                 TaskOutcome::Output(_) => unreachable!("matched above"),
             }
-            job.on_failure(id, &outcome)?;
+            job.on_failure(id, attempts, &outcome)?;
         }
         Event::WorkerDied {
             crash,

@@ -264,3 +264,18 @@ fn big_maze_parallel_bfs_agrees_with_the_serial_solver() {
         assert_eq!(result["levels"], json!(expected), "{output}");
     }
 }
+
+#[test]
+fn big_maze_survives_chaos_with_the_same_shortest_path() {
+    // Workers killed mid-level after claiming cells: the retried slices must still
+    // hand those cells on, or the search loses them.
+    let output = Procpool::new([
+        "run", "maze", "--big", "--size", "700", "--seed", "3", "--chaos", "40", "--json",
+        "--quiet",
+    ])
+    .run(0);
+    let report = output.json();
+    assert!(report["chaos_kills"].as_u64().unwrap() > 0, "{output}");
+    let result = &report["result"];
+    assert_eq!(result["length"], result["serial_length"], "{output}");
+}

@@ -260,3 +260,58 @@ fn a_missing_interpreter_is_a_clear_error_without_a_restart_storm() {
         "{output}"
     );
 }
+
+#[test]
+fn a_crashing_workers_own_children_die_with_it() {
+    // The worker starts a long `sleep` of its own, then crashes: PR_SET_PDEATHSIG does
+    // not reach grandchildren, so the pool must kill the worker's process group. The
+    // run works in a directory of the test's, to find leftovers there afterwards.
+    let script = worker(
+        "import subprocess\nsubprocess.Popen(['sleep', '300'])\nif m['attempt'] == 1:\n    os._exit(3)\nsend({'type': 'result', 'id': m['id'], 'output': m['input']})",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("w.py"), &script).unwrap();
+    std::fs::write(dir.path().join("in.txt"), "1\n2\n").unwrap();
+    let output = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        "python3 w.py",
+        "--procs",
+        "2",
+        "--input",
+        "in.txt",
+        "--max-attempts",
+        "5",
+    ])
+    .in_dir(dir.path())
+    .run(0);
+    assert_eq!(result_lines(&output.stdout).len(), 2, "{output}");
+    util::assert_none_left_in(dir.path(), Duration::from_secs(3));
+}
+
+#[test]
+fn a_recycled_worker_that_ignores_stop_is_killed_after_the_grace() {
+    // It answers, but after `stop` (and EOF) it lingers: the slot must not hang.
+    let script = format!("{}\ntime.sleep(300)\n", worker(ANSWER));
+    let started = Instant::now();
+    let output = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        "python3 w.py",
+        "--procs",
+        "1",
+        "--input",
+        "in.txt",
+        "--max-tasks-per-child",
+        "2",
+        "--grace",
+        "0.5",
+    ])
+    .write("w.py", &script)
+    .write("in.txt", "1\n2\n3\n4\n5\n6\n")
+    .run(0);
+    assert_eq!(result_lines(&output.stdout).len(), 6, "{output}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{output}");
+}

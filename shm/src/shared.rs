@@ -248,8 +248,10 @@ impl SharedArray {
         let cells: *mut [i32] = self.as_mut_slice::<i32>()?;
         // SAFETY: `AtomicI32` has the size and alignment of `i32` (std guarantees
         // it); `as_mut_slice` checked alignment, length and writability; the result
-        // borrows `self` mutably, so no plain view of the same memory exists in this
-        // process while the atomic one is alive.
+        // borrows `self` mutably, so no plain view through this mapping exists while
+        // the atomic one is alive. Other mappings of the same memfd (in this process
+        // or another) are outside what a borrow can see: the type's cross-process
+        // contract says they must use atomics too while this view is in use.
         Ok(unsafe { &*(cells as *const [AtomicI32]) })
     }
 

@@ -383,7 +383,7 @@ impl Job for Colmeans {
         Ok(())
     }
 
-    fn on_failure(&mut self, _id: TaskId, outcome: &TaskOutcome) -> Result<()> {
+    fn on_failure(&mut self, _id: TaskId, _attempts: u32, outcome: &TaskOutcome) -> Result<()> {
         self.failed_tiles += 1;
         let now = std::fs::metadata(&self.source.path).map(|meta| meta.len());
         if now.as_ref().ok() != Some(&self.source.file_len) {

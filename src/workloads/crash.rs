@@ -99,7 +99,7 @@ impl Job for Crash {
         Ok(())
     }
 
-    fn on_failure(&mut self, _id: TaskId, outcome: &TaskOutcome) -> Result<()> {
+    fn on_failure(&mut self, _id: TaskId, _attempts: u32, outcome: &TaskOutcome) -> Result<()> {
         match outcome {
             TaskOutcome::Error(_) => self.errors += 1,
             _ => self.failed += 1,

@@ -200,7 +200,7 @@ impl Job for Crawl {
         Ok(())
     }
 
-    fn on_failure(&mut self, _id: TaskId, _outcome: &TaskOutcome) -> Result<()> {
+    fn on_failure(&mut self, _id: TaskId, _attempts: u32, _outcome: &TaskOutcome) -> Result<()> {
         self.errors += 1;
         Ok(())
     }

@@ -11,10 +11,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use procpool_child::{TaskId, WorkerEnv};
 use procpool_shm::{Element, SharedArray};
-use procpool_supervisor::PoolReport;
+use procpool_supervisor::{PoolReport, TaskOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -283,6 +283,8 @@ impl BigMaze {
             cells.extend_from_slice(&found[start..start + count]);
         }
         self.found.clear();
+        cells.sort_unstable();
+        cells.dedup();
         self.frontier_len = cells.len();
         self.frontier.as_mut_slice::<i32>()?[..cells.len()].copy_from_slice(&cells);
         self.level += 1;
@@ -342,6 +344,15 @@ impl Job for MazeJob {
             }
         }
         Ok(())
+    }
+
+    fn on_failure(&mut self, _id: TaskId, _attempts: u32, _outcome: &TaskOutcome) -> Result<()> {
+        match self {
+            MazeJob::Many(_) => Ok(()),
+            // A level with a lost slice cannot be trusted: stop, rather than report a
+            // path that may not be the shortest.
+            MazeJob::Big(_) => bail!("a BFS task of the big maze failed; the search cannot go on"),
+        }
     }
 
     fn total_tasks(&self) -> Option<u64> {
@@ -472,11 +483,20 @@ fn expand(
             let Some(neighbour) = step(size, cell, direction) else {
                 continue;
             };
-            // Another worker may reach the same cell in this level: one claim wins.
-            let claimed = distance[neighbour]
-                .compare_exchange(-1, level + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
-            if claimed {
+            // Another worker may reach the same cell in this level: one claim wins. A
+            // cell already at this distance is written too, so that a retry of a task
+            // whose worker died after claiming still hands its cells on (the
+            // supervisor drops the duplicates).
+            let reached = match distance[neighbour].compare_exchange(
+                -1,
+                level + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => true,
+                Err(existing) => existing == level + 1,
+            };
+            if reached {
                 slots[found] = neighbour as i32;
                 found += 1;
             }

@@ -37,8 +37,8 @@ pub trait Job {
     fn reduce(&mut self, id: TaskId, output: Value) -> Result<()>;
 
     /// Hears about a task that ended without output (a worker error or a quarantined
-    /// crash). The run report counts these whatever the job does.
-    fn on_failure(&mut self, _id: TaskId, _outcome: &TaskOutcome) -> Result<()> {
+    /// crash), after `attempts` sends. The run report counts these whatever the job does.
+    fn on_failure(&mut self, _id: TaskId, _attempts: u32, _outcome: &TaskOutcome) -> Result<()> {
         Ok(())
     }
 

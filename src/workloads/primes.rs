@@ -81,10 +81,19 @@ impl Job for Primes {
         Some(self.limit.div_ceil(self.range))
     }
 
-    fn summary(self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
+    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+        let lost = report.tasks_total - report.tasks_ok;
+        let headline = if lost == 0 {
+            format!("{} primes below {}", self.count, self.limit)
+        } else {
+            format!(
+                "{} primes in the ranges that finished; {lost} ranges failed, so the count below {} is incomplete",
+                self.count, self.limit
+            )
+        };
         Ok(Summary::new(
-            format!("{} primes below {}", self.count, self.limit),
-            json!({"limit": self.limit, "count": self.count}),
+            headline,
+            json!({"limit": self.limit, "count": self.count, "complete": lost == 0}),
         ))
     }
 }

@@ -17,7 +17,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Write};
 
 use anyhow::{Context, Result};
 use procpool_child::TaskId;
-use procpool_supervisor::{PoolReport, TaskOutcome};
+use procpool_supervisor::{quarantine_message, PoolReport, TaskOutcome};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -199,7 +199,7 @@ impl Job for Tasks {
         self.finish(id, Some(&output), None)
     }
 
-    fn on_failure(&mut self, id: TaskId, outcome: &TaskOutcome) -> Result<()> {
+    fn on_failure(&mut self, id: TaskId, attempts: u32, outcome: &TaskOutcome) -> Result<()> {
         let message = match outcome {
             TaskOutcome::Error(message) => {
                 self.errors += 1;
@@ -207,11 +207,7 @@ impl Job for Tasks {
             }
             TaskOutcome::Failed(crashes) => {
                 self.failed += 1;
-                format!(
-                    "quarantined: it was running in {} workers that crashed; last: {}",
-                    crashes.len(),
-                    crashes.last().map_or(String::new(), |c| c.to_string())
-                )
+                quarantine_message(crashes, attempts)
             }
             TaskOutcome::Output(_) => unreachable!("results go to reduce"),
         };

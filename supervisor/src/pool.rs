@@ -8,14 +8,13 @@ use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use procpool_child::{
-    decode_line, encode_line, ArraySpec, FromWorker, TaskId, ToWorker, WorkerEnv,
-};
+use procpool_child::{decode_line, ArraySpec, FromWorker, TaskId, WorkerEnv};
 use serde_json::Value;
 
 use crate::queue::JoinableQueue;
@@ -257,8 +256,9 @@ enum Phase {
     Ready,
     /// Has answered `max_tasks_per_child` tasks: gets no more, is stopped when drained.
     Retiring,
-    /// `stop` was sent; an exit now is planned.
-    Stopping,
+    /// `stop` was sent at `since`; an exit now is planned. Past the grace period
+    /// the worker is killed.
+    Stopping { since: Instant },
     /// No process; restarts at the instant, if any.
     Down { restart_at: Option<Instant> },
 }
@@ -319,6 +319,9 @@ impl SignalPipes {
             signal_hook::consts::SIGCHLD,
             child_writer,
         )?);
+        if RUNNING_POOLS.fetch_add(1, Ordering::SeqCst) == 0 {
+            default_when_idle().store(false, Ordering::SeqCst);
+        }
         Ok(SignalPipes {
             interrupts,
             children,
@@ -342,7 +345,29 @@ impl Drop for SignalPipes {
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
         }
+        if RUNNING_POOLS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            default_when_idle().store(true, Ordering::SeqCst);
+        }
     }
+}
+
+/// Pools alive in this process.
+static RUNNING_POOLS: AtomicUsize = AtomicUsize::new(0);
+
+/// While no pool is alive, SIGINT and SIGTERM do what they would without procpool:
+/// end the process. signal-hook cannot uninstall its handler once a pool registered
+/// one, so this conditional default action stands in for the OS default.
+fn default_when_idle() -> &'static AtomicBool {
+    static IDLE: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    IDLE.get_or_init(|| {
+        let idle = Arc::new(AtomicBool::new(true));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Should this fail, the signal is ignored after the pool: no worse than
+            // signal-hook alone.
+            let _ = signal_hook::flag::register_conditional_default(sig, Arc::clone(&idle));
+        }
+        idle
+    })
 }
 
 /// What the pool is doing about the end of the run.
@@ -417,7 +442,10 @@ impl Pool {
             ));
         }
         let now = Instant::now();
-        let entropy = now.elapsed().subsec_nanos() as u64 ^ (u64::from(std::process::id()) << 32);
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos() as u64);
+        let entropy = clock ^ (u64::from(std::process::id()) << 32);
         let mut pool = Pool {
             slots: (0..config.procs)
                 .map(|index| Slot::new(index, now))
@@ -458,7 +486,8 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Adds a task; returns its id. Tasks are dispatched in `put` order.
+    /// Adds a task; returns its id. Tasks are dispatched in `put` order. A task put
+    /// after an interrupt or an abort is counted as not run at once.
     pub fn put(&mut self, input: Value) -> TaskId {
         let id = self.queue.put();
         self.tasks.insert(
@@ -469,6 +498,11 @@ impl Pool {
                 crashes: Vec::new(),
             },
         );
+        if self.ending != Ending::Running || self.aborted.is_some() {
+            for waiting in self.queue.drain_waiting() {
+                self.abandon(waiting);
+            }
+        }
         id
     }
 
@@ -541,9 +575,8 @@ impl Pool {
         };
         for slot in &mut self.slots {
             if let Some(process) = slot.process.as_mut() {
-                process.send(&encode_line(&ToWorker::Stop));
-                process.close_stdin_when_flushed();
-                slot.phase = Phase::Stopping;
+                process.stop();
+                slot.phase = Phase::Stopping { since: now };
             } else {
                 slot.phase = Phase::Down { restart_at: None };
             }
@@ -674,7 +707,10 @@ impl Pool {
         let max_tasks = self.config.max_tasks_per_child;
         for depth in 0..self.dispatch_depth() {
             for slot in &mut self.slots {
-                if slot.phase != Phase::Ready || slot.in_flight.len() != depth {
+                if slot.phase != Phase::Ready
+                    || slot.in_flight.len() != depth
+                    || slot.kill_reason.is_some()
+                {
                     continue;
                 }
                 // A process retiring after `max_tasks_per_child` answers gets no task
@@ -825,14 +861,27 @@ impl Pool {
         Ok(wakeups)
     }
 
+    /// The nearest instant at which something is due. A slot already killed has
+    /// nothing due (its death arrives as SIGCHLD), and deadlines already acted on are
+    /// left out, so the loop never spins on a past instant.
     fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
         let mut deadlines: Vec<Instant> = Vec::new();
         for slot in &self.slots {
+            if let Phase::Down {
+                restart_at: Some(at),
+            } = slot.phase
+            {
+                deadlines.push(at);
+            }
+            if slot.process.is_none() || slot.kill_reason.is_some() {
+                continue;
+            }
             match slot.phase {
-                Phase::Starting { ready_by } if slot.process.is_some() => deadlines.push(ready_by),
-                Phase::Down {
-                    restart_at: Some(at),
-                } => deadlines.push(at),
+                Phase::Starting { ready_by } => deadlines.push(ready_by),
+                Phase::Stopping { since } if self.ending == Ending::Running => {
+                    deadlines.push(since + self.config.grace)
+                }
                 _ => {}
             }
             if let (Some(timeout), false) = (self.config.task_timeout, slot.in_flight.is_empty()) {
@@ -845,15 +894,18 @@ impl Pool {
         match self.ending {
             Ending::Running => {}
             Ending::Draining { deadline } => deadlines.push(deadline),
-            Ending::Stopping { term_at, kill_at } => deadlines.push(if Instant::now() < term_at {
-                term_at
-            } else {
-                kill_at
-            }),
+            Ending::Stopping { term_at, kill_at } => deadlines.extend([term_at, kill_at]),
         }
         deadlines.extend(self.next_tick);
         deadlines.extend(self.next_chaos);
-        deadlines.into_iter().min()
+        let ending_done = |at: &Instant| match self.ending {
+            Ending::Draining { deadline } => *at == deadline && deadline <= now,
+            Ending::Stopping { term_at, kill_at } => {
+                (*at == term_at || *at == kill_at) && *at <= now
+            }
+            Ending::Running => false,
+        };
+        deadlines.into_iter().filter(|at| !ending_done(at)).min()
     }
 
     fn on_deadlines(&mut self, now: Instant) {
@@ -863,6 +915,13 @@ impl Pool {
             };
             let reason = match slot.phase {
                 Phase::Starting { ready_by } if now >= ready_by => Some(KillReason::ReadyTimeout),
+                // A recycled worker that does not exit after `stop` (shutdown has its
+                // own SIGTERM-then-SIGKILL schedule).
+                Phase::Stopping { since }
+                    if self.ending == Ending::Running && now >= since + self.config.grace =>
+                {
+                    Some(KillReason::Shutdown)
+                }
                 _ if slot
                     .stdout_closed_at
                     .is_some_and(|at| now >= at + STDOUT_CLOSED_LINGER) =>
@@ -889,8 +948,10 @@ impl Pool {
                 restart_at: Some(at),
             } = self.slots[slot].phase
             {
-                if now >= at {
+                if now >= at && self.ending == Ending::Running {
                     self.restart(slot);
+                } else if now >= at {
+                    self.slots[slot].phase = Phase::Down { restart_at: None };
                 }
             }
         }
@@ -1021,7 +1082,10 @@ impl Pool {
         if let ReadOutcome::LineTooLong = outcome {
             (self.config.on_log)(
                 slot,
-                "procpool: stderr line too long; ignoring the rest of this worker's stderr",
+                &format!(
+                    "procpool: dropped a stderr line longer than {} bytes",
+                    crate::worker::MAX_LINE
+                ),
             );
         }
     }
@@ -1073,7 +1137,7 @@ impl Pool {
                         (self.config.on_log)(slot, "procpool: warning: a second `ready` ignored")
                     }
                     // Ready arriving after `stop` was sent: nothing to do.
-                    Phase::Stopping | Phase::Down { .. } => {}
+                    Phase::Stopping { .. } | Phase::Down { .. } => {}
                 }
             }
             Ok(FromWorker::Result { id, output }) => {
@@ -1128,9 +1192,9 @@ impl Pool {
             state.phase = Phase::Retiring;
         }
         if state.phase == Phase::Retiring && state.in_flight.is_empty() {
-            state.phase = Phase::Stopping;
+            state.phase = Phase::Stopping { since: now };
             if let Some(process) = state.process.as_mut() {
-                process.send(&encode_line(&ToWorker::Stop));
+                process.stop();
             }
         }
         let task = self
@@ -1188,7 +1252,7 @@ impl Pool {
         let state = &mut self.slots[slot];
         state.process = None;
         state.stdout_closed_at = None;
-        let planned = state.phase == Phase::Stopping && state.in_flight.is_empty();
+        let planned = matches!(state.phase, Phase::Stopping { .. }) && state.in_flight.is_empty();
         let lived = state.started_at.elapsed();
         let was_ready = !matches!(state.phase, Phase::Starting { .. });
         state.record_exit(status.clone(), cpu);
@@ -1225,7 +1289,8 @@ impl Pool {
         }
         // A worker runs its tasks in order, so the oldest it held is the one it was
         // running when it died; the others waited in its pipe and go back uncharged.
-        for (position, &id) in held.iter().enumerate() {
+        // Retries go to the front of the queue one by one: last first keeps their order.
+        for (position, &id) in held.iter().enumerate().rev() {
             self.on_task_lost(slot, id, (position == 0).then_some(&crash));
         }
     }
@@ -1376,7 +1441,7 @@ impl Slot {
             Phase::Starting { .. } => "starting",
             Phase::Ready | Phase::Retiring if self.in_flight.is_empty() => "idle",
             Phase::Ready | Phase::Retiring => "busy",
-            Phase::Stopping => "stopping",
+            Phase::Stopping { .. } => "stopping",
             Phase::Down {
                 restart_at: Some(_),
             } => "restarting",

@@ -20,6 +20,9 @@ pub enum ExitStatus {
         /// Whether the kernel wrote a core dump.
         core_dumped: bool,
     },
+    /// It was reaped by someone else (SIGCHLD ignored, a stray `waitpid(-1)`), so its
+    /// status is lost.
+    Unknown,
 }
 
 impl ExitStatus {
@@ -43,6 +46,7 @@ impl fmt::Display for ExitStatus {
                 }
                 Ok(())
             }
+            ExitStatus::Unknown => write!(f, "exited, status unknown (reaped elsewhere)"),
         }
     }
 }

@@ -58,7 +58,9 @@ pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::R
     let child = command
         .spawn()
         .map_err(|err| crate::start_error::explain_start_error(command.get_program(), err))?;
-    Ok(Pid::from_raw(child.id() as i32))
+    let pid = Pid::from_raw(child.id() as i32);
+    own_group(pid);
+    Ok(pid)
 }
 
 /// Forks the supervisor into a worker that runs `body` and exits with its return value.
@@ -79,7 +81,10 @@ pub(crate) fn fork_worker(fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> io::Re
     // SAFETY: the process is single-threaded (checked above), so the child's copy of
     // the heap and of every lock is consistent and it may run ordinary Rust code.
     match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { child } => Ok(child),
+        nix::unistd::ForkResult::Parent { child } => {
+            own_group(child);
+            Ok(child)
+        }
         nix::unistd::ForkResult::Child => {
             let code = run_forked_worker(supervisor, fds, body);
             // SAFETY: `_exit` never returns and skips the parent's atexit handlers and
@@ -130,10 +135,27 @@ fn close_inherited_descriptors(keep: &[RawFd]) {
             };
             // SAFETY: close_range only closes descriptors; this process is the freshly
             // forked worker and owns no Rust object over these numbers that it will use.
-            unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
+            let closed = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
+            if closed != 0 {
+                // Kernels before 5.9 lack close_range: close the numbers one by one, up
+                // to the descriptor limit.
+                let limit =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                        .map_or(1024, |(soft, _)| soft.min(1 << 20));
+                for number in first..=(last as u64).min(limit.saturating_sub(1)) as RawFd {
+                    let _ = nix::unistd::close(number);
+                }
+            }
         }
         first = first.max(fd.saturating_add(1));
     }
+}
+
+/// Puts a new worker in its own process group from the parent's side too, so that a
+/// group kill reaches it even before it ran its own `setpgid`. (After its exec this
+/// fails with EACCES, by which time the worker did it itself.)
+fn own_group(pid: Pid) {
+    let _ = nix::unistd::setpgid(pid, pid);
 }
 
 /// What every worker does before it runs anything: leave the supervisor's process
@@ -161,13 +183,44 @@ fn thread_count() -> io::Result<usize> {
 
 /// Sends `signal` to the worker's whole process group, so its own children go too.
 pub(crate) fn kill_group(pid: Pid, sig: Signal) {
-    // The group may already be gone; there is nothing to do about that.
-    let _ = signal::killpg(pid, sig);
+    // ESRCH: the worker has not made its group yet (or it is gone): signal it alone.
+    if signal::killpg(pid, sig).is_err() {
+        let _ = signal::kill(pid, sig);
+    }
 }
 
-/// Reaps `pid` if it has exited, with the CPU time it used.
+/// Reaps `pid` if it has exited, with the CPU time it used. Its process group is
+/// killed first: the worker's own children (which `PR_SET_PDEATHSIG` does not cover)
+/// must not outlive it, and while the exited leader is unreaped its group id cannot
+/// have been reused by anyone else.
 pub(crate) fn try_reap(pid: Pid) -> io::Result<Option<(ExitStatus, CpuTime)>> {
-    wait4(pid, libc::WNOHANG)
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a live siginfo_t; WNOWAIT leaves the child waitable.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid.as_raw() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            err => return Err(err.into()),
+        }
+    }
+    // SAFETY: waitid filled `info` (or left it zeroed when nothing has exited), and
+    // si_pid is valid for the SIGCHLD it describes.
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(None);
+    }
+    let _ = signal::killpg(pid, Signal::SIGKILL);
+    wait4(pid, 0)
 }
 
 /// Waits for `pid` to exit and reaps it.

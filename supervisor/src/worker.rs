@@ -9,6 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use procpool_child::{encode_line, ToWorker};
+
 use crate::report::{CpuTime, ExitStatus};
 use crate::sys;
 
@@ -19,6 +21,8 @@ pub(crate) struct WorkerProcess {
     pub pid: Pid,
     stdin: Option<File>,
     outbox: Vec<u8>,
+    /// Close stdin once the outbox is written (after `stop`: EOF says the same).
+    closing: bool,
     pub stdout: LineReader,
     pub stderr: LineReader,
     reaped: bool,
@@ -30,6 +34,7 @@ impl WorkerProcess {
             pid,
             stdin: Some(File::from(stdin)),
             outbox: Vec::new(),
+            closing: false,
             stdout: LineReader::new(stdout),
             stderr: LineReader::new(stderr),
             reaped: false,
@@ -59,13 +64,15 @@ impl WorkerProcess {
                 Err(_) => self.stdin = None,
             }
         }
-    }
-
-    /// Closes stdin once everything queued has been written: EOF means stop too.
-    pub(crate) fn close_stdin_when_flushed(&mut self) {
-        if self.outbox.is_empty() {
+        if self.closing {
             self.stdin = None;
         }
+    }
+
+    /// Sends the `stop` sentinel, then closes stdin once everything queued is written.
+    pub(crate) fn stop(&mut self) {
+        self.closing = true;
+        self.send(&encode_line(&ToWorker::Stop));
     }
 
     /// The stdin descriptor while bytes wait to be written (to poll for writability).
@@ -82,11 +89,17 @@ impl WorkerProcess {
         }
     }
 
+    /// Reaps the worker if it has exited; its process group (the worker's own
+    /// children) is killed first, so nothing it started outlives it.
     pub(crate) fn try_reap(&mut self) -> Option<(ExitStatus, CpuTime)> {
         if self.reaped {
             return None;
         }
-        let reaped = sys::try_reap(self.pid).ok().flatten();
+        let reaped = match sys::try_reap(self.pid) {
+            Ok(reaped) => reaped,
+            // ECHILD: someone else reaped it (SIGCHLD ignored, a stray waitpid(-1)).
+            Err(_) => Some((ExitStatus::Unknown, CpuTime::default())),
+        };
         self.reaped = reaped.is_some();
         reaped
     }
@@ -95,6 +108,8 @@ impl WorkerProcess {
         if self.reaped {
             return None;
         }
+        // EOF on stdin too, for a worker that has not yet left our process group.
+        self.stdin = None;
         self.kill(Signal::SIGKILL);
         self.reaped = true;
         sys::reap_blocking(self.pid).ok().flatten()
@@ -119,6 +134,8 @@ pub(crate) struct LineReader {
     scanned: usize,
     /// Length of the unfinished line at the end of `buffer`.
     partial_len: usize,
+    /// Dropping the rest of a line that grew past [`MAX_LINE`], up to its newline.
+    discarding: bool,
 }
 
 /// What one read from a worker pipe gave.
@@ -127,7 +144,7 @@ pub(crate) enum ReadOutcome {
     Open,
     /// The writer closed its end; the last partial line, if any, is now a line.
     Eof,
-    /// A line longer than [`MAX_LINE`].
+    /// A line longer than [`MAX_LINE`]: dropped, up to its newline.
     LineTooLong,
 }
 
@@ -140,6 +157,7 @@ impl LineReader {
             consumed: 0,
             scanned: 0,
             partial_len: 0,
+            discarding: false,
         }
     }
 
@@ -170,16 +188,26 @@ impl LineReader {
                 }
                 Ok(n) => {
                     self.compact();
-                    let chunk = &self.chunk[..n];
+                    let mut chunk = &self.chunk[..n];
+                    if self.discarding {
+                        let Some(newline) = chunk.iter().position(|&b| b == b'\n') else {
+                            continue;
+                        };
+                        self.discarding = false;
+                        chunk = &chunk[newline + 1..];
+                    }
                     self.buffer.extend_from_slice(chunk);
                     self.partial_len = match chunk.iter().rposition(|&b| b == b'\n') {
-                        Some(last_newline) => n - last_newline - 1,
-                        None => self.partial_len + n,
+                        Some(last_newline) => chunk.len() - last_newline - 1,
+                        None => self.partial_len + chunk.len(),
                     };
                     if self.partial_len > MAX_LINE {
-                        self.fd = None;
-                        self.buffer = Vec::new();
-                        (self.consumed, self.scanned, self.partial_len) = (0, 0, 0);
+                        // Drop the line, and the rest of it as it arrives; the pipe stays
+                        // open, so the writer is not killed by SIGPIPE for a long line.
+                        self.buffer.truncate(self.buffer.len() - self.partial_len);
+                        self.scanned = self.scanned.min(self.buffer.len());
+                        self.partial_len = 0;
+                        self.discarding = true;
                         return ReadOutcome::LineTooLong;
                     }
                     if n < self.chunk.len() {
