@@ -4,8 +4,10 @@
     python3 bench/chaos.py               # everything, 3 repeats of part A, ~2 minutes
     python3 bench/chaos.py --quick       # 1 repeat, smaller sizes (smoke test)
     python3 bench/chaos.py --json out.json
+    python3 bench/chaos.py --limit-a 2e10  # part A on a longer run
 
-A. Cost of a kill. `procpool run primes --limit 4e9` (~5 s on 2 cores) with no chaos,
+A. Cost of a kill. `procpool run primes --limit 4e9` (1.3-5 s on 2 cores; --limit-a 2e10
+   for ~6.5 s on an idle machine, so that --chaos 1 kills a few times) with no chaos,
    `--chaos 1` and `--chaos 5` (a random busy worker SIGKILLed 1 or 5 times a second).
    cost of one kill = (wall with chaos - wall without) / chaos kills: the lost half
    task plus detection, restart and re-dispatch.
@@ -38,7 +40,8 @@ PY = sys.executable
 THIS = os.path.abspath(__file__)
 
 # pi(x) from the literature, to check every count.
-PI = {10**8: 5_761_455, 10**9: 50_847_534, 2 * 10**9: 98_222_287, 4 * 10**9: 189_961_812}
+PI = {10**8: 5_761_455, 10**9: 50_847_534, 2 * 10**9: 98_222_287, 4 * 10**9: 189_961_812,
+      10**10: 455_052_511, 2 * 10**10: 882_206_716}
 
 
 # --- the task: count primes in [lo, hi) with a segmented sieve, in pure Python ---
@@ -177,12 +180,13 @@ def part_a(binary, limit, repeats):
             baseline, baseline_cpu = wall, cpu
             cost = cpu_cost = None
         else:
-            cost = statistics.median((w - baseline) / k for w, k, _, _ in samples if k)
-            cpu_cost = statistics.median((c - baseline_cpu) / k for _, k, _, c in samples if k)
+            killed = [s for s in samples if s[1]]  # runs with no kill say nothing per kill
+            cost = statistics.median((w - baseline) / k for w, k, _, _ in killed) if killed else None
+            cpu_cost = statistics.median((c - baseline_cpu) / k for _, k, _, c in killed) if killed else None
         rows.append({"chaos": chaos, "wall_s": wall, "kills": kills, "retries": retries,
                      "cost_per_kill_ms": None if cost is None else cost * 1000,
                      "cpu_s": cpu, "cpu_per_kill_ms": None if cpu_cost is None else cpu_cost * 1000,
-                     "walls": [round(s[0], 3) for s in samples], "command": "procpool run " + " ".join(args)})
+                     "walls": [round(s[0], 3) for s in samples], "kills_runs": [s[1] for s in samples], "command": "procpool run " + " ".join(args)})
     return rows
 
 
@@ -300,9 +304,15 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds before a part-B run counts as hung")
     ap.add_argument("--json", help="also write every figure here")
+    ap.add_argument("--limit-a", type=float, help="primes limit of part A (default 4e9; one of %s)"
+                    % ", ".join(f"{k:.0e}" for k in PI))
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
     limit_a = 10**9 if args.quick else 4 * 10**9
+    if args.limit_a:
+        limit_a = int(args.limit_a)
+        if limit_a not in PI:
+            sys.exit(f"--limit-a must be one of {sorted(PI)}")
     m = machine()
     print(f"Machine: {m.get('Model name', '?')}, nproc={m['nproc']}, Python {m['python']}, Linux {m['kernel']}")
 
@@ -313,7 +323,7 @@ def main():
     for r in a:
         cost = "-" if r["cost_per_kill_ms"] is None else "%.0f ms" % r["cost_per_kill_ms"]
         cpu = "-" if r["cpu_per_kill_ms"] is None else "%.0f ms" % r["cpu_per_kill_ms"]
-        print(f"| {r['chaos'] or 'none'} | {r['wall_s']:.3f} {r['walls']} | {r['kills']:.0f} | {r['retries']:.0f} "
+        print(f"| {r['chaos'] or 'none'} | {r['wall_s']:.3f} {r['walls']} | {r['kills']:.0f} {r['kills_runs']} | {r['retries']:.0f} "
               f"| {r['cpu_s']:.2f} | {cost} | {cpu} |")
     d = detect_restart(args.binary, 4 if args.quick else 10)
     print(f"\nDetect + restart (SIGKILL from outside → new worker process exists), {d['kills']} kills: "

@@ -7,7 +7,7 @@ same machine. Python 3 stdlib only.
     cargo build --release
     python3 bench/children.py [--tasks 100000] [--parallel-tasks 300] [--procs 2]
 
-Prints one table and writes bench/children-results.json.
+Prints one table and writes bench/results/children.json.
 """
 
 import argparse
@@ -127,7 +127,7 @@ def main():
     ppe = results["rows"][1]["tasks_per_s"]
     results["procpool_vs_executor_chunksize_1"] = round(base / ppe, 2)
     print("procpool / ProcessPoolExecutor chunksize=1: %.2fx" % (base / ppe))
-    with open(os.path.join(ROOT, "bench", "children-results.json"), "w") as f:
+    with open(os.path.join(ROOT, "bench", "results", "children.json"), "w") as f:
         json.dump(results, f, indent=1)
         f.write("\n")
 

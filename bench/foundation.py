@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Foundation benchmark: procpool against Python's process pools, in one run.
 
-    python3 bench/foundation.py                 # everything, 3 repeats, ~1 minute
+    python3 bench/foundation.py                 # everything, 3 repeats, ~4 minutes on 2 cores
     python3 bench/foundation.py --repeats 5     # more repeats
     python3 bench/foundation.py --quick         # smaller N, 1 repeat (smoke test)
     python3 bench/foundation.py --json out.json # also write every raw sample
