@@ -74,3 +74,22 @@ fn counts_below_one_billion_on_every_core() {
     assert_eq!(report["result"]["count"], json!(50_847_534));
     assert_eq!(report["result"]["limit"], json!(1_000_000_000u64));
 }
+
+#[test]
+fn two_tasks_on_two_workers_run_side_by_side() {
+    // Before any task is timed, the pool sends one task per ready worker: the first
+    // worker to be ready must not take the second worker's task too.
+    let output = Procpool::new([
+        "run", "primes", "--limit", "2e9", "--range", "1e9", "--procs", "2", "--json", "--quiet",
+    ])
+    .run(0);
+    let report = output.json();
+    let done: Vec<u64> = report["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks_done"].as_u64().unwrap())
+        .collect();
+    assert_eq!(done, vec![1, 1], "{output}");
+    assert_eq!(report["result"]["count"], json!(98_222_287), "{output}");
+}

@@ -24,7 +24,8 @@ pub struct Args {
     /// Size of the generated square matrices A and B (ignored with --a/--b).
     #[arg(long, default_value_t = 2048)]
     pub n: usize,
-    /// Rows of C per task [default: about 8 tasks per worker, 16 to 256 rows].
+    /// Rows of C per task [default: about 2 tasks per worker, 16 to 512 rows; bigger
+    /// blocks keep the kernel busier, bench/BENCHMARKS.md has the measurement].
     #[arg(long)]
     pub block: Option<usize>,
     /// Read A from this .npy file (2-D; f8, f4, i8, i4 or u1; any byte order; C or Fortran order).
@@ -86,7 +87,7 @@ impl Matmul {
         let block = match args.block {
             Some(0) => bail!("--block must be at least 1 row"),
             Some(block) => block,
-            None => (m / (procs * 8)).clamp(16, 256),
+            None => (m / (procs * 2)).clamp(16, 512),
         };
         Ok(Matmul {
             a,

@@ -741,10 +741,11 @@ impl Pool {
     }
 
     /// Tasks to keep in flight per worker: enough measured work to cover
-    /// [`QUEUED_WORK_TARGET`], between 1 and `prefetch`; 2 until a task was timed.
+    /// [`QUEUED_WORK_TARGET`], between 1 and `prefetch`; 1 until a task was timed, so
+    /// that the first worker to be ready does not take the tasks meant for the others.
     fn dispatch_depth(&self) -> usize {
         let wanted = match self.task_seconds {
-            None => 2.0,
+            None => 1.0,
             Some(seconds) => (QUEUED_WORK_TARGET.as_secs_f64() / seconds.max(1e-9)).ceil(),
         };
         (wanted.min(self.config.prefetch as f64) as usize).max(1)
