@@ -36,6 +36,7 @@ mod pool;
 mod queue;
 mod report;
 mod restart;
+mod signals;
 mod start_error;
 mod sys;
 mod worker;

@@ -1,0 +1,84 @@
+//! How signals reach the event loop: SIGINT/SIGTERM and SIGCHLD become bytes on
+//! self-pipes that the loop polls with the workers' pipes, so a signal wakes it like
+//! any other input and no handler does more than write one byte.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// SIGINT/SIGTERM and SIGCHLD, each turned into a byte on a pipe the loop polls.
+pub(crate) struct SignalPipes {
+    pub(crate) interrupts: UnixStream,
+    pub(crate) children: UnixStream,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl SignalPipes {
+    pub(crate) fn register() -> std::io::Result<SignalPipes> {
+        let (interrupts, interrupt_writer) = UnixStream::pair()?;
+        let (children, child_writer) = UnixStream::pair()?;
+        let mut ids = Vec::new();
+        for stream in [&interrupts, &interrupt_writer, &children, &child_writer] {
+            stream.set_nonblocking(true)?;
+        }
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            ids.push(signal_hook::low_level::pipe::register(
+                sig,
+                interrupt_writer.try_clone()?,
+            )?);
+        }
+        ids.push(signal_hook::low_level::pipe::register(
+            signal_hook::consts::SIGCHLD,
+            child_writer,
+        )?);
+        if RUNNING_POOLS.fetch_add(1, Ordering::SeqCst) == 0 {
+            default_when_idle().store(false, Ordering::SeqCst);
+        }
+        Ok(SignalPipes {
+            interrupts,
+            children,
+            ids,
+        })
+    }
+
+    /// Number of signals that arrived on `stream` since the last call.
+    pub(crate) fn drain(mut stream: &UnixStream) -> usize {
+        let mut count = 0;
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            count += n;
+        }
+        count
+    }
+}
+
+impl Drop for SignalPipes {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+        if RUNNING_POOLS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            default_when_idle().store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Pools alive in this process.
+static RUNNING_POOLS: AtomicUsize = AtomicUsize::new(0);
+
+/// While no pool is alive, SIGINT and SIGTERM do what they would without procpool:
+/// end the process. signal-hook cannot uninstall its handler once a pool registered
+/// one, so this conditional default action stands in for the OS default.
+fn default_when_idle() -> &'static AtomicBool {
+    static IDLE: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    IDLE.get_or_init(|| {
+        let idle = Arc::new(AtomicBool::new(true));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Should this fail, the signal is ignored after the pool: no worse than
+            // signal-hook alone.
+            let _ = signal_hook::flag::register_conditional_default(sig, Arc::clone(&idle));
+        }
+        idle
+    })
+}
