@@ -37,13 +37,14 @@ mod queue;
 mod report;
 mod restart;
 mod signals;
+mod slot;
 mod start_error;
 mod sys;
 mod worker;
 
 pub use pool::{
-    Event, LogSink, Pool, PoolConfig, PoolError, TaskOutcome, WorkerStart, WorkerStatus,
-    DEFAULT_PREFETCH, QUEUED_WORK_TARGET,
+    Event, LogSink, Pool, PoolConfig, PoolError, TaskOutcome, WorkerStart, DEFAULT_PREFETCH,
+    QUEUED_WORK_TARGET,
 };
 pub use queue::JoinableQueue;
 pub use report::{
@@ -51,4 +52,5 @@ pub use report::{
     WorkerReport,
 };
 pub use restart::RestartPolicy;
+pub use slot::WorkerStatus;
 pub use start_error::explain_start_error;
