@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 use procpool_child::{
     decode_line, encode_line, encode_task, FromWorker, TaskId, ToWorker, WorkerEnv,
 };
-use procpool_supervisor::explain_start_error;
+use procpool_supervisor::{explain_start_error, ExitStatus};
 use serde_json::{json, Value};
 
 /// Options of `procpool check-worker`.
@@ -458,13 +457,7 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_millis(500);
         loop {
             match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    return match (status.code(), status.signal()) {
-                        (Some(code), _) => format!("exited with code {code}"),
-                        (_, Some(signal)) => format!("killed by signal {signal}"),
-                        _ => format!("{status}"),
-                    }
-                }
+                Ok(Some(status)) => return ExitStatus::from(status).to_string(),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
