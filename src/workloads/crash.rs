@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use procpool_child::TaskId;
-use procpool_supervisor::{PoolReport, TaskOutcome};
+use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -57,13 +57,10 @@ struct Input {
     task_ms: u64,
 }
 
-/// The supervisor side: plans which tasks fail and counts what came back.
+/// The supervisor side: plans which tasks fail; the run report counts what came back.
 pub struct Crash {
     args: Args,
     next: u64,
-    ok: u64,
-    errors: u64,
-    failed: u64,
 }
 
 impl Crash {
@@ -72,9 +69,6 @@ impl Crash {
         Ok(Crash {
             args: args.clone(),
             next: 0,
-            ok: 0,
-            errors: 0,
-            failed: 0,
         })
     }
 }
@@ -95,15 +89,6 @@ impl Job for Crash {
     }
 
     fn reduce(&mut self, _id: TaskId, _output: Value) -> Result<()> {
-        self.ok += 1;
-        Ok(())
-    }
-
-    fn on_failure(&mut self, _id: TaskId, _attempts: u32, outcome: &TaskOutcome) -> Result<()> {
-        match outcome {
-            TaskOutcome::Error(_) => self.errors += 1,
-            _ => self.failed += 1,
-        }
         Ok(())
     }
 
@@ -111,14 +96,15 @@ impl Job for Crash {
         Some(self.args.tasks)
     }
 
-    fn summary(self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
+    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
         let planned = self.args.tasks / self.args.every;
+        let (ok, errors, failed) = (report.tasks_ok, report.tasks_error, report.tasks_failed);
         Ok(Summary::new(
             format!(
-                "{} ok, {} answered with an error, {} failed ({planned} planned to fail by {:?})",
-                self.ok, self.errors, self.failed, self.args.mode
+                "{ok} ok, {errors} answered with an error, {failed} failed ({planned} planned to fail by {:?})",
+                self.args.mode
             ),
-            json!({"ok": self.ok, "errors": self.errors, "failed": self.failed,
+            json!({"ok": ok, "errors": errors, "failed": failed,
                    "planned_failures": planned, "mode": self.args.mode}),
         ))
     }

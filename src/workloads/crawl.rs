@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use procpool_child::TaskId;
-use procpool_supervisor::{PoolReport, TaskOutcome};
+use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -84,7 +84,6 @@ pub struct Crawl {
     queued: u64,
     timeout: Duration,
     pages: u64,
-    errors: u64,
     words: u64,
     counts: HashMap<String, u64>,
     /// Declared last: the demo site outlives everything else of the job.
@@ -136,7 +135,6 @@ impl Crawl {
             queued: 0,
             timeout: args.timeout,
             pages: 0,
-            errors: 0,
             words: 0,
             counts: HashMap::new(),
             site,
@@ -200,19 +198,16 @@ impl Job for Crawl {
         Ok(())
     }
 
-    fn on_failure(&mut self, _id: TaskId, _attempts: u32, _outcome: &TaskOutcome) -> Result<()> {
-        self.errors += 1;
-        Ok(())
-    }
-
     fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+        // Failed pages are the tasks that errored or were quarantined.
+        let errors = report.tasks_error + report.tasks_failed;
         let rate = self.pages as f64 / report.wall.as_secs_f64().max(1e-9);
         let top = self.top_words(5);
         let shown: Vec<String> = top.iter().map(|(w, n)| format!("{w} {n}")).collect();
         let mut headline = format!(
             "{} pages fetched, {} errors, {} words; top words: {}; {rate:.1} pages/s",
             self.pages,
-            self.errors,
+            errors,
             self.words,
             if shown.is_empty() {
                 "none".to_string()
@@ -227,7 +222,7 @@ impl Job for Crawl {
             headline,
             json!({
                 "pages": self.pages,
-                "errors": self.errors,
+                "errors": errors,
                 "queued": self.queued,
                 "words": self.words,
                 "top": top.iter().map(|(w, n)| json!([w, n])).collect::<Vec<_>>(),

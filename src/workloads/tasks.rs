@@ -65,9 +65,6 @@ pub struct Tasks {
     out: BufWriter<Box<dyn Write>>,
     output_name: String,
     to_stdout: bool,
-    ok: u64,
-    errors: u64,
-    failed: u64,
 }
 
 impl Tasks {
@@ -108,9 +105,6 @@ impl Tasks {
                 args.output.clone()
             },
             to_stdout,
-            ok: 0,
-            errors: 0,
-            failed: 0,
         })
     }
 
@@ -195,20 +189,13 @@ impl Job for Tasks {
     }
 
     fn reduce(&mut self, id: TaskId, output: Value) -> Result<()> {
-        self.ok += 1;
         self.finish(id, Some(&output), None)
     }
 
     fn on_failure(&mut self, id: TaskId, attempts: u32, outcome: &TaskOutcome) -> Result<()> {
         let message = match outcome {
-            TaskOutcome::Error(message) => {
-                self.errors += 1;
-                message.clone()
-            }
-            TaskOutcome::Failed(crashes) => {
-                self.failed += 1;
-                quarantine_message(crashes, attempts)
-            }
+            TaskOutcome::Error(message) => message.clone(),
+            TaskOutcome::Failed(crashes) => quarantine_message(crashes, attempts),
             TaskOutcome::Output(_) => unreachable!("results go to reduce"),
         };
         self.finish(id, None, Some(&message))
@@ -224,19 +211,20 @@ impl Job for Tasks {
         self.to_stdout
     }
 
-    fn summary(mut self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
+    fn summary(mut self: Box<Self>, report: &PoolReport) -> Result<Summary> {
         self.flush()?;
-        let total = self.ok + self.errors + self.failed;
+        let (ok, errors, failed) = (report.tasks_ok, report.tasks_error, report.tasks_failed);
+        let total = ok + errors + failed;
         Ok(Summary::new(
             format!(
-                "{total} results written to {} ({} ok, {} error, {} failed)",
-                self.output_name, self.ok, self.errors, self.failed
+                "{total} results written to {} ({ok} ok, {errors} error, {failed} failed)",
+                self.output_name
             ),
             json!({
                 "tasks": total,
-                "ok": self.ok,
-                "error": self.errors,
-                "failed": self.failed,
+                "ok": ok,
+                "error": errors,
+                "failed": failed,
                 "output": if self.to_stdout { "-" } else { self.output_name.as_str() },
             }),
         ))
