@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::AtomicI32;
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
@@ -272,6 +272,33 @@ impl SharedArray {
     pub fn rows_mut<T: Element>(&mut self, rows: Range<usize>) -> Result<&mut [T]> {
         let elements = self.row_elements(rows)?;
         Ok(&mut self.as_mut_slice()?[elements])
+    }
+
+    /// Maps the pages of the rows in `rows` into this process now, in one system call
+    /// (`madvise(MADV_POPULATE_WRITE)` on a writable mapping, `MADV_POPULATE_READ` on a
+    /// read-only one), instead of a page fault at each first touch. Pages no process
+    /// has touched yet are allocated, zero-filled, here. The contents never change, so
+    /// other processes' rows that share a page with `rows` are unaffected.
+    ///
+    /// The work is the same either way; doing it up front lets a caller time it apart
+    /// from the computation that follows. Kernels older than Linux 5.14 do not know
+    /// the advice: then nothing happens here and the pages fault in on first touch.
+    pub fn prefault_rows(&self, rows: Range<usize>) -> Result<()> {
+        let elements = self.row_elements(rows)?;
+        let element_size = self.header.dtype.size;
+        let offset = self.header.data_offset + elements.start * element_size;
+        let len = elements.len() * element_size;
+        if len == 0 {
+            return Ok(());
+        }
+        let advised = match &self.mapping {
+            Mapping::ReadWrite(map) => map.advise_range(Advice::PopulateWrite, offset, len),
+            Mapping::ReadOnly(map) => map.advise_range(Advice::PopulateRead, offset, len),
+        };
+        match advised {
+            Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => Ok(()),
+            other => other.map_err(|err| ShmError::io("prefaulting pages (madvise)", err)),
+        }
     }
 
     /// The element range of `rows`, checked against the shape.
