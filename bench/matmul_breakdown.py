@@ -6,7 +6,9 @@
 For `procpool run matmul --n N --procs P [--block B]` (P = 1, 2; the default block and
 larger ones) prints, as medians over --repeat runs: the pool's wall, GFLOP/s, the
 workers' user and sys CPU, GFLOP/s per busy CPU second (2n^3 / workers' user+sys) and
-per user second, and how the row blocks were split between the workers. Also the pool's
+per user second, the seconds the workers spent mapping fresh pages and the kernel's
+GFLOP/s (both as the workers report them per task), and how the row blocks were split
+between the workers. Also the pool's
 own start and stop (`procpool run noop --tasks 1 --procs P`, wall_s and workers' sys),
 the page faults of one whole run (`perf stat -e page-faults`, workers included), and
 numpy A@B with 1 and 2 BLAS threads (the same subprocess as bench/matmul.py, with
@@ -50,8 +52,9 @@ def main():
 
     print(f"n = {n}, medians of {args.repeat} runs\n")
     print("| command | wall s | GFLOP/s | workers user s | workers sys s "
-          "| GFLOP/s per CPU s | GFLOP/s per user s | blocks per worker |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+          "| GFLOP/s per CPU s | GFLOP/s per user s | prefault s | kernel GFLOP/s per worker "
+          "| blocks per worker |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for procs, blocks in ((1, [None, n // 2, n]), (2, [None, n // 4, n // 2])):
         for block in blocks:
             cmd = ["--procs", str(procs), "matmul", "--n", str(n)]
@@ -72,12 +75,16 @@ def main():
                 "gflops_per_cpu_s": med(flops / (r["workers_cpu"]["user_s"] + r["workers_cpu"]["sys_s"]) / 1e9
                                         for r in runs),
                 "gflops_per_user_s": med(flops / r["workers_cpu"]["user_s"] / 1e9 for r in runs),
+                # What the workers report per task: mapping the block's fresh pages of
+                # C (and A's), then the kernel alone.
+                "prefault_s": med(r["result"]["prefault_s"] for r in runs),
+                "kernel_gflops_per_worker": med(r["result"]["kernel_gflops_per_worker"] for r in runs),
                 "splits": splits,
             }
             out["rows"].append(row)
             print(f"| `{row['command']}` (block {row['block']}) | {row['wall_s']:.3f} | {row['gflops']:.1f} "
                   f"| {user:.3f} | {sys_:.3f} | {row['gflops_per_cpu_s']:.1f} | {row['gflops_per_user_s']:.1f} "
-                  f"| {', '.join(splits)} |")
+                  f"| {row['prefault_s']:.3f} | {row['kernel_gflops_per_worker']:.1f} | {', '.join(splits)} |")
 
     for procs, s in out["start"].items():
         print(f"\npool start+stop, `procpool run --procs {procs} noop --tasks 1`: wall {s['wall_s'] * 1e3:.1f} ms, "

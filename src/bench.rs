@@ -116,7 +116,7 @@ fn run_once(exe: &std::path::Path, args: &BenchArgs, procs: u32) -> Result<[f64;
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]

@@ -348,3 +348,60 @@ fn chaos_kills_workers_and_c_stays_byte_identical() {
     assert_eq!(calm.len(), chaos.len());
     assert!(calm == chaos, "C differs after chaos");
 }
+
+/// The built-in worker says where its time went, per task; the run turns that into
+/// the kernel's GFLOP/s per worker. A worker that answers bare row counts gets no
+/// kernel figure rather than a made-up one.
+#[test]
+fn the_kernel_rate_comes_from_the_workers_own_timings() {
+    let dir = temp();
+    let stdout = ok(
+        dir.path(),
+        &[
+            "run", "matmul", "--n", "256", "--block", "32", "--procs", "2", "--json",
+        ],
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let result = &report["result"];
+    let (kernel, prefault) = (
+        result["kernel_s"].as_f64().expect("kernel_s"),
+        result["prefault_s"].as_f64().expect("prefault_s"),
+    );
+    let wall = report["wall_s"].as_f64().unwrap();
+    assert!(kernel > 0.0 && prefault >= 0.0, "{result}");
+    // The tasks ran inside the pool's wall, on at most two workers at a time.
+    assert!(kernel + prefault <= 2.0 * wall, "{report}");
+    let rate = result["kernel_gflops_per_worker"].as_f64().unwrap();
+    let expected = 2.0 * 256f64.powi(3) / kernel / 1e9;
+    assert!((rate - expected).abs() <= 1e-9 * expected, "{result}");
+
+    let counting_worker = "import json, sys\n\
+        print(json.dumps({'type': 'ready'}), flush=True)\n\
+        for line in sys.stdin:\n\
+        \x20   m = json.loads(line)\n\
+        \x20   if m['type'] == 'stop': break\n\
+        \x20   rows = m['input']['hi'] - m['input']['lo']\n\
+        \x20   print(json.dumps({'type': 'result', 'id': m['id'], 'output': rows}), flush=True)\n";
+    std::fs::write(dir.path().join("count.py"), counting_worker).unwrap();
+    let stdout = ok(
+        dir.path(),
+        &[
+            "run",
+            "matmul",
+            "--n",
+            "64",
+            "--block",
+            "16",
+            "--json",
+            "--child",
+            "python3 count.py",
+        ],
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["tasks_ok"], 4, "{report}");
+    assert!(
+        report["result"]["kernel_gflops_per_worker"].is_null(),
+        "{report}"
+    );
+    assert!(report["result"]["kernel_s"].is_null(), "{report}");
+}

@@ -1,8 +1,10 @@
 //! A safe front for a single-threaded, cache-blocked SIMD dgemm.
 //!
 //! Workers multiply row blocks of shared arrays; the kernel is the `gemm` crate's
-//! (chosen over `matrixmultiply` by measurement: bench/BENCHMARKS.md). Its interface
-//! takes raw pointers and strides, so the bounds are checked here once.
+//! (chosen over `matrixmultiply` by measurement: bench/BENCHMARKS.md). Its `x86-v4`
+//! feature (the workspace enables it) picks the AVX-512 micro-kernel at run time on
+//! CPUs that have AVX-512F, and AVX2+FMA otherwise. Its interface takes raw pointers
+//! and strides, so the bounds are checked here once.
 
 use crate::{Result, ShmError};
 

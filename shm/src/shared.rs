@@ -378,6 +378,33 @@ mod tests {
     }
 
     #[test]
+    fn prefault_allocates_the_rows_pages_and_keeps_their_contents() {
+        // 64 rows of 4 KiB; only the header's page is allocated after `create`.
+        let created = SharedArray::create("prefault", DType::F64_LE, &[64, 512]).unwrap();
+        let mut writer = open_twin(&created, true);
+        writer.rows_mut::<f64>(40..41).unwrap()[7] = 2.5;
+        let allocated_kib =
+            |array: &SharedArray| nix::sys::stat::fstat(array.fd()).unwrap().st_blocks * 512 / 1024;
+        let before = allocated_kib(&created);
+        assert!(before <= 8, "{before} KiB allocated before prefaulting");
+
+        writer.prefault_rows(32..64).unwrap();
+        let after = allocated_kib(&created);
+        assert!(after >= before + 124, "{before} KiB -> {after} KiB");
+        assert_eq!(created.rows_slice::<f64>(40..41).unwrap()[7], 2.5);
+        assert!(created
+            .rows_slice::<f64>(32..40)
+            .unwrap()
+            .iter()
+            .all(|&v| v == 0.0));
+
+        let reader = open_twin(&created, false);
+        reader.prefault_rows(0..64).unwrap();
+        assert_eq!(reader.rows_slice::<f64>(40..41).unwrap()[7], 2.5);
+        assert!(reader.prefault_rows(60..65).is_err(), "past the last row");
+    }
+
+    #[test]
     fn create_then_open_shares_data_both_ways() {
         let mut created = SharedArray::create("test", DType::F64_LE, &[4, 3]).unwrap();
         assert_eq!((created.rows(), created.cols()), (4, 3));

@@ -141,7 +141,7 @@ pub fn count_primes(lo: u64, hi: u64) -> u64 {
         if start == 1 {
             count -= 1;
         }
-        start = end + (end % 2 == 0) as u64;
+        start = end + end.is_multiple_of(2) as u64;
     }
     count
 }

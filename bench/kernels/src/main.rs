@@ -1,5 +1,7 @@
 //! gemm (procpool's kernel) vs matrixmultiply, one thread, C = A·B of n×n f64, best of 3,
-//! each kernel twice in alternation. Prints one JSON line per measurement.
+//! each kernel twice in alternation. Prints one JSON line per measurement; "gemm_path"
+//! says which of gemm's micro-kernels this build may use (x86-v4: AVX-512 where the CPU
+//! has it).
 use std::time::Instant;
 fn main() {
     for n in [1024usize, 2048] {
@@ -22,7 +24,11 @@ fn main() {
                 }
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            println!("{{\"n\": {n}, \"kernel\": \"{name}\", \"gflops\": {:.2}}}", flops / best / 1e9);
+            let gemm_path = if cfg!(feature = "x86-v4") { "x86-v4" } else { "x86-v3" };
+            println!(
+                "{{\"n\": {n}, \"kernel\": \"{name}\", \"gemm_path\": \"{gemm_path}\", \"gflops\": {:.2}}}",
+                flops / best / 1e9
+            );
         }
     }
 }
