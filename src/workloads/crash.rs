@@ -80,7 +80,9 @@ impl Job for Crash {
         }
         let index = self.next;
         self.next += 1;
-        let fail = (index + 1).is_multiple_of(self.args.every).then_some(self.args.mode);
+        let fail = (index + 1)
+            .is_multiple_of(self.args.every)
+            .then_some(self.args.mode);
         Some(Ok(json!(Input {
             index,
             fail,

@@ -233,7 +233,9 @@ pub(crate) fn element_bytes<T: Element>(elements: &[T]) -> &[u8] {
 /// `T` or not a whole number of elements.
 pub(crate) fn cast_elements<T: Element>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 || !bytes.len().is_multiple_of(size) {
+    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
+        || !bytes.len().is_multiple_of(size)
+    {
         return None;
     }
     // SAFETY: alignment and length were checked just above; `Element` types
@@ -246,7 +248,9 @@ pub(crate) fn cast_elements<T: Element>(bytes: &[u8]) -> Option<&[T]> {
 /// aligned for `T` or not a whole number of elements.
 pub(crate) fn cast_elements_mut<T: Element>(bytes: &mut [u8]) -> Option<&mut [T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 || !bytes.len().is_multiple_of(size) {
+    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
+        || !bytes.len().is_multiple_of(size)
+    {
         return None;
     }
     // SAFETY: alignment and length were checked just above; `Element` types
