@@ -170,8 +170,8 @@ fn drive(
     let mut error = None;
     let mut planning_failed = false;
     loop {
-        while !planning_failed && !pool.interrupted() && pool.unfinished().max(job.held()) < window
-        {
+        let has_room = |pool: &Pool, job: &dyn Job| pool.unfinished().max(job.held()) < window;
+        while !planning_failed && !pool.interrupted() && has_room(&pool, &*job) {
             match job.next_task() {
                 Some(Ok(input)) => {
                     let id = pool.put(input);
@@ -190,7 +190,12 @@ fn drive(
                 break;
             }
         }
-        let event = match pool.next_event() {
+        // Streamed input is read only when it is readable and the window has room.
+        let input = match planning_failed || !has_room(&pool, &*job) {
+            true => None,
+            false => job.input(),
+        };
+        let event = match pool.next_event_or_input(input) {
             Ok(Some(event)) => event,
             // Joined right after asking the job for more: the run is over.
             Ok(None) => break,
@@ -296,6 +301,7 @@ fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: 
             status.warn("interrupted; letting running tasks finish (Ctrl-C again to kill them now)")
         }
         Event::Interrupted { again: true } => status.warn("killing workers now"),
+        Event::InputReady => job.read_input()?,
         Event::WorkerStarted { .. } | Event::Tick => {}
     }
     Ok(())

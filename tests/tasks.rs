@@ -6,6 +6,7 @@
 mod util;
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -296,4 +297,78 @@ fn a_large_input_streams_in_bounded_memory() {
     // The input file alone is ~8 MB; holding it (or the results) whole would show.
     assert!(peak_kib < 40 * 1024, "supervisor peak RSS {peak_kib} KiB");
     assert!(took < Duration::from_secs(90), "took {took:?}");
+}
+
+/// Input that trickles in (a terminal, `tail -f`): each line runs and its result is
+/// written while the producer is still silent, not when the next line comes.
+#[test]
+fn results_are_written_while_the_input_waits_for_more() {
+    let child = python_example("procpool_worker.py");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.txt");
+    let (running, mut stdin) = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        &child,
+        "--procs",
+        "2",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ])
+    .spawn_with_stdin_pipe();
+    let results = || result_lines(&std::fs::read_to_string(&out).unwrap_or_default());
+    for (count, line) in [(1, "\"first\"\n"), (2, "\"second\"\n")] {
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let written = util::wait_until(Duration::from_secs(20), || results().len() == count);
+        assert!(written, "no result {count} while stdin stays open");
+    }
+    // A line that arrives in two writes, the last without a newline, is one task.
+    stdin.write_all(b"\"thi").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stdin.write_all(b"rd\"").unwrap();
+    drop(stdin);
+    running.wait(0);
+    let outputs: Vec<Value> = results()
+        .iter()
+        .map(|line| line["output"].clone())
+        .collect();
+    assert_eq!(outputs, [json!("first"), json!("second"), json!("third")]);
+}
+
+/// Ctrl-C is acted on at once even while the input is silent.
+#[test]
+fn ctrl_c_ends_a_run_whose_input_is_silent() {
+    let child = python_example("procpool_worker.py");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.txt");
+    let (running, mut stdin) = Procpool::new([
+        "run",
+        "tasks",
+        "--child",
+        &child,
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .spawn_with_stdin_pipe();
+    stdin.write_all(b"1\n").unwrap();
+    stdin.flush().unwrap();
+    let answered = util::wait_until(Duration::from_secs(20), || {
+        result_lines(&std::fs::read_to_string(&out).unwrap_or_default()).len() == 1
+    });
+    assert!(answered, "the one task never answered");
+    let asked = Instant::now();
+    running.signal(nix::sys::signal::Signal::SIGINT);
+    let output = running.wait(130);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "took {:?}\n{output}",
+        asked.elapsed()
+    );
+    // Results go to the file, so the summary is on stdout.
+    assert!(output.stdout.contains("tasks: 1 ok"), "{output}");
+    drop(stdin);
 }

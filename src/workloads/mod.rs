@@ -12,6 +12,8 @@ pub mod noop;
 pub mod primes;
 pub mod tasks;
 
+use std::os::fd::BorrowedFd;
+
 use anyhow::Result;
 use procpool_child::TaskId;
 use procpool_shm::SharedArray;
@@ -42,6 +44,18 @@ pub trait Job {
         Ok(())
     }
 
+    /// The descriptor the job's inputs are streamed from, while more may come. When
+    /// `next_task` has nothing, the driver waits on it together with the pool and
+    /// calls [`read_input`](Job::read_input) once it is readable, so that a slow
+    /// producer never holds up results, restarts or Ctrl-C.
+    fn input(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// [`input`](Job::input) is readable: take in what is there with one read,
+    /// which returns at once.
+    fn read_input(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Called when the pool has no more events ready, before it waits: a job that
     /// writes as it goes flushes here, once per batch of answers.
     fn flush(&mut self) -> Result<()> {

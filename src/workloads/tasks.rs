@@ -10,10 +10,16 @@
 //! only while fewer than its window of tasks are held (in flight, or finished and
 //! waiting for an earlier one with `--ordered`), and the job keeps the inputs of
 //! those tasks only, to echo them in the output.
+//!
+//! The input is read only when it is readable, one read at a time, from the pool's
+//! own wait: with a producer that writes a line now and then (`tail -f`, a
+//! terminal), tasks run and results are written as lines arrive, and Ctrl-C works
+//! while the producer is silent.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use procpool_child::TaskId;
@@ -48,11 +54,59 @@ struct ResultLine<'a> {
     error: Option<&'a str>,
 }
 
+/// Bytes read from the input and not yet handed out as lines.
+#[derive(Default)]
+struct LineBuffer {
+    bytes: Vec<u8>,
+    /// Where the next line starts.
+    start: usize,
+    /// How far past `start` is known to hold no newline.
+    scanned: usize,
+}
+
+/// Bytes read from the input per call: one read, so it never waits for more.
+const READ_CHUNK: usize = 1 << 16;
+
+impl LineBuffer {
+    /// Appends what one `read` returns; false at the end of the input.
+    fn fill(&mut self, input: &mut File) -> io::Result<bool> {
+        if self.start > 0 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.bytes.len();
+        self.bytes.resize(len + READ_CHUNK, 0);
+        let read = input.read(&mut self.bytes[len..]);
+        self.bytes.truncate(len + *read.as_ref().unwrap_or(&0));
+        read.map(|count| count > 0)
+    }
+
+    /// The next complete line, without its newline; at the end of the input, also
+    /// what is left after the last newline.
+    fn next_line(&mut self, at_end: bool) -> Option<&[u8]> {
+        let unread = &self.bytes[self.start..];
+        let line_len = match unread[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(offset) => self.scanned + offset,
+            None if at_end && !unread.is_empty() => unread.len(),
+            None => {
+                self.scanned = unread.len();
+                return None;
+            }
+        };
+        let line = self.start..self.start + line_len;
+        self.start = (line.end + 1).min(self.bytes.len());
+        self.scanned = 0;
+        Some(&self.bytes[line])
+    }
+}
+
 /// The supervisor side of `tasks`.
 pub struct Tasks {
-    input: Box<dyn BufRead>,
+    input: File,
     input_name: String,
-    line: Vec<u8>,
+    lines: LineBuffer,
+    /// The input's end was read.
+    input_ended: bool,
     /// The input last handed out by `next_task`, until `was_put` names its id.
     pending: Option<Value>,
     /// Inputs of tasks put and not yet answered.
@@ -69,12 +123,13 @@ pub struct Tasks {
 
 impl Tasks {
     pub fn new(args: &Args) -> Result<Tasks> {
-        let input: Box<dyn BufRead> = if args.input == "-" {
-            Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
+        let input = if args.input == "-" {
+            // A descriptor of its own for stdin, read without std's buffering.
+            let stdin = io::stdin().as_fd().try_clone_to_owned();
+            File::from(stdin.context("reading stdin: it is not open")?)
         } else {
-            let file = File::open(&args.input)
-                .with_context(|| format!("--input {}: cannot open it", args.input))?;
-            Box::new(BufReader::with_capacity(1 << 16, file))
+            File::open(&args.input)
+                .with_context(|| format!("--input {}: cannot open it", args.input))?
         };
         let to_stdout = args.output == "-";
         let out: Box<dyn Write> = if to_stdout {
@@ -92,7 +147,8 @@ impl Tasks {
             } else {
                 args.input.clone()
             },
-            line: Vec::new(),
+            lines: LineBuffer::default(),
+            input_ended: false,
             pending: None,
             inputs: HashMap::new(),
             ordered: args.ordered,
@@ -108,22 +164,19 @@ impl Tasks {
         })
     }
 
-    /// The next non-blank input line as a JSON value, a string if it is not JSON.
-    fn read_input(&mut self) -> io::Result<Option<Value>> {
+    /// The next non-blank input line read so far, as a JSON value (a string if it
+    /// is not JSON).
+    fn next_input(&mut self) -> Option<Value> {
         loop {
-            self.line.clear();
-            if self.input.read_until(b'\n', &mut self.line)? == 0 {
-                return Ok(None);
-            }
-            let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            let line = self.lines.next_line(self.input_ended)?;
+            let text = line.strip_suffix(b"\r").unwrap_or(line);
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Ok(Some(match serde_json::from_slice(text) {
+            return Some(match serde_json::from_slice(text) {
                 Ok(value) => value,
                 Err(_) => Value::String(String::from_utf8_lossy(text).into_owned()),
-            }));
+            });
         }
     }
 
@@ -159,16 +212,23 @@ impl Tasks {
 
 impl Job for Tasks {
     fn next_task(&mut self) -> Option<Result<Value>> {
-        match self.read_input() {
-            Ok(Some(value)) => {
-                self.pending = Some(value.clone());
-                Some(Ok(value))
-            }
-            Ok(None) => None,
-            Err(err) => Some(Err(
-                anyhow::Error::new(err).context(format!("reading {}", self.input_name))
-            )),
+        let value = self.next_input()?;
+        self.pending = Some(value.clone());
+        Some(Ok(value))
+    }
+
+    fn input(&self) -> Option<BorrowedFd<'_>> {
+        (!self.input_ended).then(|| self.input.as_fd())
+    }
+
+    fn read_input(&mut self) -> Result<()> {
+        match self.lines.fill(&mut self.input) {
+            Ok(more) => self.input_ended = !more,
+            // A signal arrived mid-read: the pool's wait sees it, and reading resumes.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err).with_context(|| format!("reading {}", self.input_name)),
         }
+        Ok(())
     }
 
     fn was_put(&mut self, id: TaskId) {

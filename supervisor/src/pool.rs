@@ -225,6 +225,9 @@ pub enum Event {
     },
     /// Nothing happened for [`PoolConfig::tick`].
     Tick,
+    /// The input descriptor passed to [`Pool::next_event_or_input`] is readable (or
+    /// at its end): one read of it will not block.
+    InputReady,
 }
 
 struct TaskRecord {
@@ -373,6 +376,19 @@ impl Pool {
     /// (every task put so far is finished) or, after an interrupt, that in-flight
     /// tasks are done or out of time. More tasks may be put and the loop resumed.
     pub fn next_event(&mut self) -> Result<Option<Event>, PoolError> {
+        self.next_event_or_input(None)
+    }
+
+    /// Like [`next_event`](Pool::next_event), and also waits for `input`, the
+    /// descriptor more tasks come from (a pipe, a terminal), to become readable:
+    /// then [`Event::InputReady`]. The caller reads it only then, so a slow producer
+    /// never stalls results, restarts or Ctrl-C. While `input` is given, a joined
+    /// queue does not end the wait; after an interrupt `input` is ignored, since no
+    /// more tasks will run.
+    pub fn next_event_or_input(
+        &mut self,
+        input: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<Event>, PoolError> {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
@@ -380,11 +396,14 @@ impl Pool {
             if let Some(reason) = &self.aborted {
                 return Err(PoolError::Aborted(reason.clone()));
             }
-            if self.queue.is_joined() {
+            let input = input.filter(|_| !self.interrupted());
+            if self.queue.is_joined() && input.is_none() {
                 return Ok(None);
             }
             self.dispatch();
-            self.turn()?;
+            if self.turn(input)? {
+                self.events.push_back(Event::InputReady);
+            }
         }
     }
 
@@ -445,7 +464,7 @@ impl Pool {
             }
         }
         while self.slots.iter().any(|slot| slot.process.is_some()) {
-            if self.turn().is_err() {
+            if self.turn(None).is_err() {
                 break;
             }
         }
@@ -614,12 +633,13 @@ impl Pool {
         (wanted.min(self.config.prefetch as f64) as usize).max(1)
     }
 
-    /// One wait on every pipe and deadline, then everything that woke it handled.
-    fn turn(&mut self) -> Result<(), PoolError> {
+    /// One wait on every pipe, deadline and `input`, then everything that woke it
+    /// handled. Returns whether `input` is readable.
+    fn turn(&mut self, input: Option<BorrowedFd<'_>>) -> Result<bool, PoolError> {
         let timeout = self
             .next_deadline()
             .map(|at| at.saturating_duration_since(Instant::now()));
-        let ready = self.poll(timeout)?;
+        let ready = self.poll(timeout, input)?;
         if ready.interrupts {
             let count = SignalPipes::drain(&self.signals.interrupts);
             for _ in 0..count {
@@ -650,14 +670,19 @@ impl Pool {
             }
         }
         self.on_deadlines(Instant::now());
-        Ok(())
+        Ok(ready.input)
     }
 
-    fn poll(&mut self, timeout: Option<Duration>) -> Result<Wakeups, PoolError> {
+    fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        input: Option<BorrowedFd<'_>>,
+    ) -> Result<Wakeups, PoolError> {
         #[derive(Clone, Copy)]
         enum Source {
             Interrupts,
             Children,
+            Input,
             Stdin(usize),
             Stdout(usize),
             Stderr(usize),
@@ -668,6 +693,11 @@ impl Pool {
             self.signals.children.as_fd(),
         ];
         let mut interests = vec![PollFlags::POLLIN, PollFlags::POLLIN];
+        if let Some(fd) = input {
+            sources.push(Source::Input);
+            fds.push(fd);
+            interests.push(PollFlags::POLLIN);
+        }
         for (index, slot) in self.slots.iter().enumerate() {
             let Some(process) = &slot.process else {
                 continue;
@@ -708,6 +738,7 @@ impl Pool {
         let mut wakeups = Wakeups {
             interrupts: false,
             children: false,
+            input: false,
             slots: vec![SlotWakeup::default(); self.slots.len()],
         };
         for (source, poll_fd) in sources.iter().zip(&poll_fds) {
@@ -717,6 +748,7 @@ impl Pool {
             match *source {
                 Source::Interrupts => wakeups.interrupts = true,
                 Source::Children => wakeups.children = true,
+                Source::Input => wakeups.input = true,
                 Source::Stdin(i) => wakeups.slots[i].stdin = true,
                 Source::Stdout(i) => wakeups.slots[i].stdout = true,
                 Source::Stderr(i) => wakeups.slots[i].stderr = true,
@@ -1269,6 +1301,9 @@ struct SlotWakeup {
 struct Wakeups {
     interrupts: bool,
     children: bool,
+    /// The caller's input descriptor is readable, or at its end, or broken: a read
+    /// returns at once either way.
+    input: bool,
     slots: Vec<SlotWakeup>,
 }
 

@@ -477,6 +477,14 @@ impl Procpool {
         let stdin = std::fs::File::open(&path).expect("opening the stdin file");
         self.spawn_with_stdin(stdin.into()).wait(expected_code)
     }
+
+    /// Starts the run with a pipe on stdin and returns its write end: the test feeds
+    /// the run line by line, and dropping the write end is the end of the input.
+    pub fn spawn_with_stdin_pipe(self) -> (Running, std::process::ChildStdin) {
+        let mut running = self.spawn_with_stdin(Stdio::piped());
+        let stdin = running.child.stdin.take().expect("piped");
+        (running, stdin)
+    }
 }
 
 impl Running {
