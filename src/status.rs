@@ -70,21 +70,14 @@ impl Status {
         if !self.live {
             return;
         }
-        let mut frame = String::new();
-        frame.push_str("slot  pid      state        task      done  restarts  last exit\n");
-        for w in workers {
-            let task = w.current_task.map_or("-".to_string(), |id| id.to_string());
-            let exit = w
-                .last_exit
-                .as_ref()
-                .map_or("-".to_string(), |e| e.to_string());
-            frame.push_str(&format!(
-                "w{:<4} {:<8} {:<12} {:<9} {:<5} {:<9} {}\n",
-                w.slot, w.pid, w.state, task, w.tasks_done, w.restarts, exit
-            ));
-        }
-        frame.push_str(&progress_line(done, total, self.started.elapsed()));
-        frame.push('\n');
+        let screen = terminal_size::terminal_size_of(std::io::stderr()).map(
+            |(terminal_size::Width(columns), terminal_size::Height(rows))| Screen {
+                columns: columns.into(),
+                rows: rows.into(),
+            },
+        );
+        let progress = progress_line(done, total, self.started.elapsed());
+        let frame = table(workers, &progress, screen);
         let text = self.erase() + &frame;
         self.drawn = frame.lines().count();
         self.frame = frame;
@@ -109,6 +102,54 @@ impl Status {
             format!("\x1b[{lines}A\x1b[J")
         }
     }
+}
+
+/// The terminal's size in character cells.
+#[derive(Debug, Clone, Copy)]
+struct Screen {
+    columns: usize,
+    rows: usize,
+}
+
+/// The worker table and the progress line, one terminal row per line: rows are cut
+/// at the screen's width and slots past its height are summed up in one line, since
+/// the table is erased by moving the cursor up over exactly the rows it drew.
+fn table(workers: &[WorkerStatus], progress: &str, screen: Option<Screen>) -> String {
+    let mut lines =
+        vec!["slot  pid      state        task      done  restarts  last exit".to_string()];
+    // Header, progress and one spare row for the cursor stay on screen.
+    let room = screen.map_or(usize::MAX, |screen| screen.rows.saturating_sub(3).max(1));
+    let shown = if workers.len() > room {
+        room - 1
+    } else {
+        workers.len()
+    };
+    for w in &workers[..shown] {
+        let task = w.current_task.map_or("-".to_string(), |id| id.to_string());
+        let exit = w
+            .last_exit
+            .as_ref()
+            .map_or("-".to_string(), |e| e.to_string());
+        lines.push(format!(
+            "w{:<4} {:<8} {:<12} {:<9} {:<5} {:<9} {}",
+            w.slot, w.pid, w.state, task, w.tasks_done, w.restarts, exit
+        ));
+    }
+    if let Some(rest) = workers.get(shown..).filter(|rest| !rest.is_empty()) {
+        let busy = rest.iter().filter(|w| w.state == "busy").count();
+        lines.push(format!("... {} more workers ({busy} busy)", rest.len()));
+    }
+    lines.push(progress.to_string());
+    let mut frame = String::new();
+    for line in lines {
+        match screen {
+            // The last column is left free: writing it makes some terminals wrap.
+            Some(screen) => frame.extend(line.chars().take(screen.columns.saturating_sub(1))),
+            None => frame.push_str(&line),
+        }
+        frame.push('\n');
+    }
+    frame
 }
 
 fn progress_line(done: u64, total: Option<u64>, elapsed: Duration) -> String {
@@ -138,6 +179,57 @@ fn progress_line(done: u64, total: Option<u64>, elapsed: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn worker(slot: usize, state: &'static str) -> WorkerStatus {
+        WorkerStatus {
+            slot,
+            pid: 1000 + slot as i32,
+            state,
+            current_task: Some(slot as u64),
+            tasks_done: 3,
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+
+    #[test]
+    fn the_table_fits_the_screen() {
+        let workers: Vec<WorkerStatus> = (0..10)
+            .map(|slot| worker(slot, if slot < 7 { "busy" } else { "idle" }))
+            .collect();
+        let unbounded = table(&workers, "progress", None);
+        assert_eq!(unbounded.lines().count(), 12, "{unbounded}");
+        assert!(unbounded.lines().any(|line| line.len() > 60), "{unbounded}");
+
+        let small = table(
+            &workers,
+            "progress",
+            Some(Screen {
+                columns: 40,
+                rows: 8,
+            }),
+        );
+        let lines: Vec<&str> = small.lines().collect();
+        assert_eq!(lines.len(), 7, "{small}");
+        assert!(
+            lines.iter().all(|line| line.chars().count() <= 39),
+            "{small}"
+        );
+        assert!(lines[1].starts_with("w0 "), "{small}");
+        assert_eq!(lines[5], "... 6 more workers (3 busy)", "{small}");
+        assert_eq!(lines[6], "progress");
+
+        let tiny = table(
+            &workers,
+            "progress",
+            Some(Screen {
+                columns: 80,
+                rows: 2,
+            }),
+        );
+        assert_eq!(tiny.lines().count(), 3, "{tiny}");
+        assert!(tiny.contains("... 10 more workers (7 busy)"), "{tiny}");
+    }
 
     #[test]
     fn progress_shows_fraction_and_eta() {
