@@ -6,9 +6,9 @@
 //! recomputed without the rest. Column c is centred on `(c % 16) - 7.5` (floats) so
 //! that no column mean is near zero and relative errors stay meaningful.
 
+use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -54,24 +54,24 @@ pub fn parse_dtype(text: &str) -> Result<DType, String> {
 /// `procpool gen ...`: writes the file, returns its size in bytes.
 pub fn run(args: GenArgs) -> Result<u64> {
     match args {
-        GenArgs::Array(args) => {
-            let never = AtomicBool::new(false);
-            write_array(&args, &never)
-        }
+        GenArgs::Array(args) => write_array(&args),
     }
 }
-
-/// Why generation stopped early: Ctrl-C.
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted")]
-pub struct Interrupted;
 
 /// Elements converted and written at a time.
 const BLOCK: usize = 1 << 16;
 
-/// Writes the array `args` describes; stops with [`Interrupted`] once `stop` is set
-/// (leaving a partial file for the caller to remove). Returns the file's size.
-pub fn write_array(args: &ArrayArgs, stop: &AtomicBool) -> Result<u64> {
+/// Writes the array `args` describes to `args.out`. Returns the file's size.
+pub fn write_array(args: &ArrayArgs) -> Result<u64> {
+    let file = File::create(&args.out)
+        .with_context(|| format!("{}: cannot create it", args.out.display()))?;
+    write_array_to(file, args)?;
+    Ok(std::fs::metadata(&args.out)?.len())
+}
+
+/// Writes the array `args` describes into `file`, open for writing at its start;
+/// `args.out` only names it in messages.
+pub fn write_array_to(file: File, args: &ArrayArgs) -> Result<()> {
     let (rows, cols) = (
         to_usize(args.rows, "--rows")?,
         to_usize(args.cols, "--cols")?,
@@ -81,7 +81,7 @@ pub fn write_array(args: &ArrayArgs, stop: &AtomicBool) -> Result<u64> {
         .and_then(|n| n.checked_mul(args.dtype.size))
         .context("--rows × --cols is too large")?;
     let mut writer =
-        NpyWriter::create_in_order(&args.out, args.dtype, &[rows, cols], args.fortran)?;
+        NpyWriter::from_file(file, &args.out, args.dtype, &[rows, cols], args.fortran)?;
     let mut progress = Progress::new(&args.out, total as u64);
     let values = Values {
         seed: args.seed,
@@ -98,9 +98,6 @@ pub fn write_array(args: &ArrayArgs, stop: &AtomicBool) -> Result<u64> {
     let mut written = 0usize;
     let mut block = Vec::with_capacity(BLOCK);
     while written < total_elements {
-        if stop.load(Ordering::Relaxed) {
-            return Err(Interrupted.into());
-        }
         let len = BLOCK.min(total_elements - written);
         block.clear();
         for _ in 0..len {
@@ -120,7 +117,7 @@ pub fn write_array(args: &ArrayArgs, stop: &AtomicBool) -> Result<u64> {
     }
     writer.finish()?;
     progress.finish();
-    Ok(std::fs::metadata(&args.out)?.len())
+    Ok(())
 }
 
 fn to_usize(n: u64, what: &str) -> Result<usize> {
@@ -227,7 +224,6 @@ mod tests {
     #[test]
     fn c_and_fortran_files_hold_the_same_matrix() {
         let dir = tempfile::tempdir().unwrap();
-        let never = AtomicBool::new(false);
         let mut shapes = Vec::new();
         for (name, fortran) in [("c.npy", false), ("f.npy", true)] {
             let args = ArrayArgs {
@@ -238,21 +234,10 @@ mod tests {
                 fortran,
                 out: dir.path().join(name),
             };
-            write_array(&args, &never).unwrap();
+            write_array(&args).unwrap();
             shapes.push(procpool_shm::read_npy_f64(&args.out).unwrap());
         }
         assert_eq!(shapes[0], shapes[1]);
         assert_eq!(shapes[0].0, vec![70_001, 3]);
-        let stop = AtomicBool::new(true);
-        let args = ArrayArgs {
-            rows: 10,
-            cols: 10,
-            dtype: DType::F64_LE,
-            seed: 1,
-            fortran: false,
-            out: dir.path().join("x.npy"),
-        };
-        let err = write_array(&args, &stop).unwrap_err();
-        assert!(err.is::<Interrupted>());
     }
 }

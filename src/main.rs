@@ -32,13 +32,9 @@ fn main() -> ExitCode {
     outcome.unwrap_or_else(failure)
 }
 
-/// Prints why a command failed and picks its exit code: 130 for an interrupt, 2 for a
-/// usage mistake (like clap's own), 1 for a run that could not proceed.
+/// Prints why a command failed and picks its exit code: 2 for a usage mistake (like
+/// clap's own), 1 for a run that could not proceed.
 fn failure(err: anyhow::Error) -> ExitCode {
-    if err.is::<gen::Interrupted>() {
-        eprintln!("procpool: interrupted");
-        return ExitCode::from(run::EXIT_INTERRUPTED);
-    }
     eprintln!("procpool: error: {err:#}");
     let usage = err.downcast_ref::<run::UsageError>().is_some();
     ExitCode::from(if usage { 2 } else { 1 })

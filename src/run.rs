@@ -45,11 +45,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let job = make_job(&args.workload, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
-        .map_err(|err| match err.is::<crate::gen::Interrupted>() {
-            true => err,
-            false => UsageError(format!("{err:#}")).into(),
-        })?;
+        .map_err(|err| UsageError(format!("{err:#}")))?;
     let mut config = pool_config(&args.pool, procs, kind)?;
+    config.inherit_fds.extend(job.inherited_fds());
     for shared in job.shared_arrays() {
         config.inherit_fds.push(shared.array.raw_fd());
         config.arrays.insert(

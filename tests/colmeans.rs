@@ -365,3 +365,34 @@ fn without_file_a_temporary_dataset_is_made_verified_and_deleted() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// The generated dataset has no name from the moment it is created: the run reads it
+/// through inherited descriptors, so even `kill -9` of the supervisor mid-run leaves
+/// nothing in TMPDIR (and its workers follow it).
+#[test]
+fn the_temporary_dataset_never_has_a_name_even_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Procpool::new([
+        "run",
+        "colmeans",
+        "--gen-rows",
+        "4000000",
+        "--gen-cols",
+        "8",
+        "--chunk-rows",
+        "20000",
+        "--procs",
+        "2",
+    ])
+    .env("TMPDIR", dir.path())
+    .spawn();
+    let workers = running.busy_workers(2);
+    let listed: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(listed.is_empty(), "named while running: {listed:?}");
+    running.signal(nix::sys::signal::Signal::SIGKILL);
+    let output = running.finish();
+    assert_eq!(output.code, None, "killed by a signal\n{output}");
+    util::assert_no_orphans(&workers, Duration::from_secs(10));
+    let listed: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(listed.is_empty(), "left behind: {listed:?}");
+}

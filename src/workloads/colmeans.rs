@@ -15,11 +15,10 @@
 //! costs about 20 bytes per column per tile — fine up to ~1e5 columns, since tiles of a
 //! wide array hold at least 32 rows.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -243,15 +242,6 @@ struct Output {
     peak_rss_kib: u64,
 }
 
-/// Deletes the generated dataset when dropped: on success, error, or Ctrl-C.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// The supervisor side.
 pub struct Colmeans {
     source: Source,
@@ -262,7 +252,8 @@ pub struct Colmeans {
     peak_rss_kib: u64,
     failed_tiles: u64,
     args: Args,
-    generated: Option<(TempFile, Duration)>,
+    /// The dataset made for a run without --file, and how long that took.
+    generated: Option<(File, Duration)>,
 }
 
 impl Colmeans {
@@ -273,7 +264,8 @@ impl Colmeans {
         };
         let path = match (&args.file, &generated) {
             (Some(path), _) => path.clone(),
-            (None, Some((temp, _))) => temp.0.clone(),
+            // The same descriptor number in the workers, which inherit it.
+            (None, Some((file, _))) => format!("/proc/self/fd/{}", file.as_raw_fd()).into(),
             (None, None) => unreachable!("generated above"),
         };
         let source = Source::open(args, &path)?;
@@ -316,8 +308,11 @@ fn default_tile_elements(source: &Source, procs: usize) -> usize {
     }
 }
 
-/// Writes the temporary dataset for a run without --file, stopping on Ctrl-C.
-fn generate(args: &Args) -> Result<(TempFile, Duration)> {
+/// Writes the temporary dataset for a run without --file into a file that is
+/// unlinked as soon as it is created: it lives as long as a descriptor of it does
+/// (this process's, and the workers' inherited copies), so no exit, Ctrl-C or
+/// `kill -9` at any moment can leave it behind.
+fn generate(args: &Args) -> Result<(File, Duration)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -325,30 +320,35 @@ fn generate(args: &Args) -> Result<(TempFile, Duration)> {
         "procpool-colmeans-{}-{nanos}.npy",
         std::process::id()
     ));
-    let temp = TempFile(path.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let hooks = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
-        .map(|signal| signal_hook::flag::register(signal, Arc::clone(&stop)));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating the temporary dataset {}", path.display()))?;
+    std::fs::remove_file(&path)
+        .with_context(|| format!("unlinking the temporary dataset {}", path.display()))?;
     let started = Instant::now();
-    let written = gen::write_array(
-        &ArrayArgs {
-            rows: args.gen_rows,
-            cols: args.gen_cols,
-            dtype: DType::F64_LE,
-            seed: 1,
-            fortran: false,
-            out: path,
-        },
-        &stop,
-    );
-    for hook in hooks.into_iter().flatten() {
-        signal_hook::low_level::unregister(hook);
-    }
-    written.context("generating the temporary dataset")?;
-    Ok((temp, started.elapsed()))
+    let array = ArrayArgs {
+        rows: args.gen_rows,
+        cols: args.gen_cols,
+        dtype: DType::F64_LE,
+        seed: 1,
+        fortran: false,
+        out: path,
+    };
+    gen::write_array_to(file.try_clone()?, &array).context("generating the temporary dataset")?;
+    Ok((file, started.elapsed()))
 }
 
 impl Job for Colmeans {
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        self.generated
+            .iter()
+            .map(|(file, _)| file.as_raw_fd())
+            .collect()
+    }
+
     fn next_task(&mut self) -> Option<Result<Value>> {
         let tile = *self.tiles.get(self.next)?;
         self.next += 1;

@@ -12,7 +12,7 @@ pub mod noop;
 pub mod primes;
 pub mod tasks;
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use anyhow::Result;
 use procpool_child::TaskId;
@@ -72,6 +72,11 @@ pub trait Job {
         None
     }
 
+    /// Descriptors the job's workers inherit besides the shared arrays', to open as
+    /// `/proc/self/fd/N` (a file that has no name any more).
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
     /// The shared arrays the job's workers map, described to them in `PROCPOOL_ARRAYS`.
     fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
         Vec::new()

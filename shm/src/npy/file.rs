@@ -134,11 +134,25 @@ impl NpyWriter {
         shape: &[usize],
         fortran_order: bool,
     ) -> Result<NpyWriter> {
+        let file = File::create(path)
+            .map_err(|err| ShmError::io("creating the file", err).in_file(path))?;
+        NpyWriter::from_file(file, path, dtype, shape, fortran_order)
+    }
+
+    /// Like [`create_in_order`](NpyWriter::create_in_order), into `file`, already
+    /// open for writing at its start (an unlinked temporary file, say); `path` only
+    /// names it in errors.
+    pub fn from_file(
+        file: File,
+        path: &Path,
+        dtype: DType,
+        shape: &[usize],
+        fortran_order: bool,
+    ) -> Result<NpyWriter> {
         let open = || -> Result<NpyWriter> {
             dtype.ensure_supported()?;
             let header = encode_header(dtype, shape, fortran_order);
             let expected = NpyHeader::parse(&header)?.element_count()?;
-            let file = File::create(path).map_err(|err| ShmError::io("creating the file", err))?;
             let mut file = BufWriter::with_capacity(BLOCK_BYTES, file);
             file.write_all(&header)
                 .map_err(|err| ShmError::io("writing the .npy header", err))?;
