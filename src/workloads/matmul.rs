@@ -52,13 +52,14 @@ struct Input {
 }
 
 /// A task's answer: the rows written and, optionally, where the worker's time went:
-/// mapping the block's pages of A and C, then the kernel. A worker may also answer
-/// the bare row count (as the Python example does).
-#[derive(Debug, Serialize, Deserialize)]
+/// mapping the block's pages of A and C (0 if the worker does not do that apart),
+/// then the kernel. A worker may also answer the bare row count.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Output {
     Timed {
         rows: u64,
+        #[serde(default)]
         prefault_s: f64,
         kernel_s: f64,
     },
@@ -320,4 +321,34 @@ pub fn worker() -> Result<TaskHandler, String> {
             kernel_s: prefaulted.elapsed().as_secs_f64(),
         }))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_a_row_count_or_rows_with_timings() {
+        let parse = |text: &str| Output::deserialize(&serde_json::from_str::<Value>(text).unwrap());
+        assert_eq!(parse("128").unwrap(), Output::Rows(128));
+        assert_eq!(
+            parse(r#"{"rows": 128, "kernel_s": 0.5}"#).unwrap(),
+            Output::Timed {
+                rows: 128,
+                prefault_s: 0.0,
+                kernel_s: 0.5
+            }
+        );
+        assert_eq!(
+            parse(r#"{"rows": 2, "prefault_s": 0.1, "kernel_s": 0.5, "extra": 1}"#).unwrap(),
+            Output::Timed {
+                rows: 2,
+                prefault_s: 0.1,
+                kernel_s: 0.5
+            }
+        );
+        for bad in [r#"{"rows": 128}"#, "-1", r#""128""#, "null"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 }
