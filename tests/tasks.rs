@@ -299,40 +299,73 @@ fn a_large_input_streams_in_bounded_memory() {
     assert!(took < Duration::from_secs(90), "took {took:?}");
 }
 
+/// A `run tasks` fed through a pipe the test holds open, its results going to a file
+/// the test reads while the run goes on.
+struct Trickle {
+    running: util::Running,
+    stdin: std::process::ChildStdin,
+    out: std::path::PathBuf,
+    _out_dir: tempfile::TempDir,
+}
+
+impl Trickle {
+    fn start(args: &[&str]) -> Trickle {
+        let child = python_example("procpool_worker.py");
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("out.txt");
+        let mut all = vec!["run", "tasks", "--child", &child];
+        all.extend(["--output", out.to_str().unwrap()]);
+        all.extend(args);
+        let (running, stdin) = Procpool::new(all).spawn_with_stdin_pipe();
+        Trickle {
+            running,
+            stdin,
+            out,
+            _out_dir: out_dir,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn results(&self) -> Vec<Value> {
+        result_lines(&std::fs::read_to_string(&self.out).unwrap_or_default())
+    }
+
+    /// Whether `count` results are written within 20 s.
+    fn written(&self, count: usize) -> bool {
+        util::wait_until(Duration::from_secs(20), || self.results().len() == count)
+    }
+}
+
 /// Input that trickles in (a terminal, `tail -f`): each line runs and its result is
 /// written while the producer is still silent, not when the next line comes.
 #[test]
 fn results_are_written_while_the_input_waits_for_more() {
-    let child = python_example("procpool_worker.py");
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("out.txt");
-    let (running, mut stdin) = Procpool::new([
-        "run",
-        "tasks",
-        "--child",
-        &child,
-        "--procs",
-        "2",
-        "--output",
-        out.to_str().unwrap(),
-        "--quiet",
-    ])
-    .spawn_with_stdin_pipe();
-    let results = || result_lines(&std::fs::read_to_string(&out).unwrap_or_default());
+    let mut run = Trickle::start(&["--procs", "2", "--quiet"]);
     for (count, line) in [(1, "\"first\"\n"), (2, "\"second\"\n")] {
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-        let written = util::wait_until(Duration::from_secs(20), || results().len() == count);
-        assert!(written, "no result {count} while stdin stays open");
+        run.send(line.as_bytes());
+        assert!(
+            run.written(count),
+            "no result {count} while stdin stays open"
+        );
     }
     // A line that arrives in two writes, the last without a newline, is one task.
-    stdin.write_all(b"\"thi").unwrap();
-    stdin.flush().unwrap();
+    run.send(b"\"thi");
     std::thread::sleep(Duration::from_millis(100));
-    stdin.write_all(b"rd\"").unwrap();
+    run.send(b"rd\"");
+    let Trickle {
+        running,
+        stdin,
+        out,
+        _out_dir,
+    } = run;
     drop(stdin);
     running.wait(0);
-    let outputs: Vec<Value> = results()
+    let text = std::fs::read_to_string(out).unwrap();
+    let outputs: Vec<Value> = result_lines(&text)
         .iter()
         .map(|line| line["output"].clone())
         .collect();
@@ -342,27 +375,12 @@ fn results_are_written_while_the_input_waits_for_more() {
 /// Ctrl-C is acted on at once even while the input is silent.
 #[test]
 fn ctrl_c_ends_a_run_whose_input_is_silent() {
-    let child = python_example("procpool_worker.py");
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("out.txt");
-    let (running, mut stdin) = Procpool::new([
-        "run",
-        "tasks",
-        "--child",
-        &child,
-        "--output",
-        out.to_str().unwrap(),
-    ])
-    .spawn_with_stdin_pipe();
-    stdin.write_all(b"1\n").unwrap();
-    stdin.flush().unwrap();
-    let answered = util::wait_until(Duration::from_secs(20), || {
-        result_lines(&std::fs::read_to_string(&out).unwrap_or_default()).len() == 1
-    });
-    assert!(answered, "the one task never answered");
+    let mut run = Trickle::start(&[]);
+    run.send(b"1\n");
+    assert!(run.written(1), "the one task never answered");
     let asked = Instant::now();
-    running.signal(nix::sys::signal::Signal::SIGINT);
-    let output = running.wait(130);
+    run.running.signal(nix::sys::signal::Signal::SIGINT);
+    let output = run.running.wait(130);
     assert!(
         asked.elapsed() < Duration::from_secs(10),
         "took {:?}\n{output}",
@@ -370,5 +388,4 @@ fn ctrl_c_ends_a_run_whose_input_is_silent() {
     );
     // Results go to the file, so the summary is on stdout.
     assert!(output.stdout.contains("tasks: 1 ok"), "{output}");
-    drop(stdin);
 }
