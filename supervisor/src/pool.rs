@@ -287,6 +287,9 @@ pub struct Pool {
     started: Instant,
     next_tick: Option<Instant>,
     next_chaos: Option<Instant>,
+    /// A chaos kill came due while no worker held a task: the next dispatch makes it,
+    /// so that `--chaos` kills at its rate even when tasks are short.
+    chaos_pending: bool,
     entropy: u64,
     tasks_ok: u64,
     tasks_error: u64,
@@ -319,6 +322,7 @@ impl Pool {
             signals: SignalPipes::register()?,
             next_tick: config.tick.map(|tick| now + tick),
             next_chaos: None,
+            chaos_pending: false,
             config,
             queue: JoinableQueue::default(),
             tasks: HashMap::new(),
@@ -579,9 +583,17 @@ impl Pool {
         Ok(())
     }
 
+    /// Sends waiting tasks to ready workers, then makes a pending chaos kill.
+    fn dispatch(&mut self) {
+        self.send_tasks();
+        if self.chaos_pending && self.chaos_kill() {
+            self.chaos_pending = false;
+        }
+    }
+
     /// Sends waiting tasks to ready workers, filling the emptiest first, up to
     /// `prefetch` in flight each.
-    fn dispatch(&mut self) {
+    fn send_tasks(&mut self) {
         if self.ending != Ending::Running {
             return;
         }
@@ -875,7 +887,9 @@ impl Pool {
         }
         if let (Some(at), Some(rate)) = (self.next_chaos, self.config.chaos) {
             if now >= at {
-                self.chaos_kill();
+                if !self.chaos_kill() {
+                    self.chaos_pending = true;
+                }
                 self.next_chaos = Some(now + self.chaos_interval(rate));
             }
         }
@@ -902,7 +916,8 @@ impl Pool {
         }
     }
 
-    fn chaos_kill(&mut self) {
+    /// SIGKILLs a random worker that holds a task; false if none does.
+    fn chaos_kill(&mut self) -> bool {
         // A task survives at most `max_attempts` chaos kills, so that chaos faster than
         // the tasks cannot stall the run (chaos kills do not count towards quarantine).
         let spared = |id: &TaskId| {
@@ -924,7 +939,7 @@ impl Pool {
             })
             .collect();
         if busy.is_empty() {
-            return;
+            return false;
         }
         let victim = busy[(self.random() % busy.len() as u64) as usize];
         let slot = &mut self.slots[victim];
@@ -933,6 +948,7 @@ impl Pool {
             process.kill(Signal::SIGKILL);
         }
         self.chaos_kills += 1;
+        true
     }
 
     /// The gap between chaos kills: `1 / rate` seconds on average, ±50%.
