@@ -36,7 +36,8 @@ use crate::gen::{self, ArrayArgs};
 pub struct Args {
     /// The input: a .npy file (2-D, or 1-D as one column; f8, f4, i8, i4, u1; either
     /// byte order; C or Fortran order), or raw elements with --dtype and --cols.
-    /// Without --file, a temporary dataset is generated, averaged, verified and deleted.
+    /// Without --file, a temporary dataset is generated, averaged and verified; it is
+    /// unlinked at once, so it is freed at exit whatever happens.
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Read --file as raw elements without a header, of this type (f8, <f4, >i8, ...).
@@ -465,10 +466,10 @@ impl Job for Colmeans {
         );
         if let Some((_, generate)) = &self.generated {
             headline.push_str(&format!(
-                "\ntime: generate {:.2}s, compute {compute:.2}s, verify {:.2}s (temporary {} deleted)",
+                "\ntime: generate {:.2}s, compute {compute:.2}s, verify {:.2}s \
+                 (the temporary dataset, unlinked at once, is freed at exit)",
                 generate.as_secs_f64(),
                 verify_s.as_f64().unwrap_or(0.0),
-                source.path.display()
             ));
         } else if let Some(verify) = verify_s.as_f64() {
             headline.push_str(&format!("; check passed in {verify:.2}s"));
