@@ -115,12 +115,15 @@ struct Screen {
 /// at the screen's width and slots past its height are summed up in one line, since
 /// the table is erased by moving the cursor up over exactly the rows it drew.
 fn table(workers: &[WorkerStatus], progress: &str, screen: Option<Screen>) -> String {
-    let mut lines =
-        vec!["slot  pid      state        task      done  restarts  last exit".to_string()];
-    // Header, progress and one spare row for the cursor stay on screen.
-    let room = screen.map_or(usize::MAX, |screen| screen.rows.saturating_sub(3).max(1));
+    // Header, progress and one spare row for the cursor stay on screen, with at
+    // least one row between them; a screen smaller than that gets the progress alone.
+    let room = screen.map_or(usize::MAX, |screen| screen.rows.saturating_sub(3));
+    let mut lines = Vec::new();
+    if room > 0 {
+        lines.push("slot  pid      state        task      done  restarts  last exit".to_string());
+    }
     let shown = if workers.len() > room {
-        room - 1
+        room.saturating_sub(1)
     } else {
         workers.len()
     };
@@ -135,7 +138,10 @@ fn table(workers: &[WorkerStatus], progress: &str, screen: Option<Screen>) -> St
             w.slot, w.pid, w.state, task, w.tasks_done, w.restarts, exit
         ));
     }
-    if let Some(rest) = workers.get(shown..).filter(|rest| !rest.is_empty()) {
+    if let Some(rest) = workers
+        .get(shown..)
+        .filter(|rest| room > 0 && !rest.is_empty())
+    {
         let busy = rest.iter().filter(|w| w.state == "busy").count();
         lines.push(format!("... {} more workers ({busy} busy)", rest.len()));
     }
@@ -219,16 +225,14 @@ mod tests {
         assert_eq!(lines[5], "... 6 more workers (3 busy)", "{small}");
         assert_eq!(lines[6], "progress");
 
-        let tiny = table(
-            &workers,
-            "progress",
-            Some(Screen {
-                columns: 80,
-                rows: 2,
-            }),
+        let screen = |rows| Some(Screen { columns: 80, rows });
+        let one_row = table(&workers, "progress", screen(4));
+        assert_eq!(one_row.lines().count(), 3, "{one_row}");
+        assert!(
+            one_row.contains("... 10 more workers (7 busy)"),
+            "{one_row}"
         );
-        assert_eq!(tiny.lines().count(), 3, "{tiny}");
-        assert!(tiny.contains("... 10 more workers (7 busy)"), "{tiny}");
+        assert_eq!(table(&workers, "progress", screen(3)), "progress\n");
     }
 
     #[test]

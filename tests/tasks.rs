@@ -389,3 +389,52 @@ fn ctrl_c_ends_a_run_whose_input_is_silent() {
     // Results go to the file, so the summary is on stdout.
     assert!(output.stdout.contains("tasks: 1 ok"), "{output}");
 }
+
+/// A read error on the input mid-run (here a TCP connection reset) ends the run with
+/// exit 1 and the error, after the tasks already running have finished and written
+/// their results.
+#[test]
+fn a_read_error_on_the_input_lets_running_tasks_finish() {
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut writer, _) = listener.accept().unwrap();
+    let worker = sdk_worker("def handle(x):\n    time.sleep(1.5)\n    return x\n");
+    let running = Procpool::new(["run", "tasks", "--child", "python3 w.py", "--procs", "2"])
+        .write("w.py", &worker)
+        .spawn_with_stdin(std::os::fd::OwnedFd::from(reader).into());
+    writer.write_all(b"1\n2\n").unwrap();
+    running.busy_workers(2);
+    std::thread::sleep(Duration::from_millis(300));
+    // Linger 0: closing sends a reset, and the reader's next read fails.
+    let reset = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&writer, Linger, &reset).unwrap();
+    drop(writer);
+    let output = running.wait(1);
+    let mut outputs: Vec<i64> = result_lines(&output.stdout)
+        .iter()
+        .map(|line| line["output"].as_i64().unwrap())
+        .collect();
+    outputs.sort_unstable();
+    assert_eq!(outputs, [1, 2], "{output}");
+    assert!(output.stderr.contains("reading stdin"), "{output}");
+    assert!(output.stderr.contains("tasks: 2 ok"), "{output}");
+}
+
+/// stdin is reopened non-blocking when it is a pipe: a pipe whose writer is already
+/// gone must still be read to its end, not wait for a writer.
+#[test]
+fn a_pipe_whose_writer_is_gone_is_read_to_its_end() {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    nix::unistd::write(&write, b"1\n2\n3\n").unwrap();
+    drop(write);
+    let child = python_example("procpool_worker.py");
+    let output = Procpool::new(["run", "tasks", "--child", &child, "--procs", "2"])
+        .spawn_with_stdin(read.into())
+        .wait(0);
+    assert_eq!(result_lines(&output.stdout).len(), 3, "{output}");
+}

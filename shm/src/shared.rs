@@ -281,8 +281,9 @@ impl SharedArray {
     /// other processes' rows that share a page with `rows` are unaffected.
     ///
     /// The work is the same either way; doing it up front lets a caller time it apart
-    /// from the computation that follows. Kernels older than Linux 5.14 do not know
-    /// the advice: then nothing happens here and the pages fault in on first touch.
+    /// from the computation that follows. Where the kernel refuses the advice with
+    /// EINVAL (older than Linux 5.14, or a mapping it cannot populate), nothing happens
+    /// here and the pages fault in on first touch.
     pub fn prefault_rows(&self, rows: Range<usize>) -> Result<()> {
         let elements = self.row_elements(rows)?;
         let element_size = self.header.dtype.size;
@@ -379,29 +380,34 @@ mod tests {
 
     #[test]
     fn prefault_allocates_the_rows_pages_and_keeps_their_contents() {
-        // 64 rows of 4 KiB; only the header's page is allocated after `create`.
-        let created = SharedArray::create("prefault", DType::F64_LE, &[64, 512]).unwrap();
+        // 8 MiB in rows of 4 KiB. Writing the header allocated its page (4 KiB, or
+        // 2 MiB where shared memory gets huge pages); the second half is untouched.
+        let created = SharedArray::create("prefault", DType::F64_LE, &[2048, 512]).unwrap();
         let mut writer = open_twin(&created, true);
-        writer.rows_mut::<f64>(40..41).unwrap()[7] = 2.5;
         let allocated_kib =
             |array: &SharedArray| nix::sys::stat::fstat(array.fd()).unwrap().st_blocks * 512 / 1024;
         let before = allocated_kib(&created);
-        assert!(before <= 8, "{before} KiB allocated before prefaulting");
+        assert!(before <= 2048, "{before} KiB allocated before prefaulting");
 
-        writer.prefault_rows(32..64).unwrap();
+        writer.prefault_rows(1024..2048).unwrap();
         let after = allocated_kib(&created);
-        assert!(after >= before + 124, "{before} KiB -> {after} KiB");
-        assert_eq!(created.rows_slice::<f64>(40..41).unwrap()[7], 2.5);
+        assert!(after >= before + 4000, "{before} KiB -> {after} KiB");
+        writer.rows_mut::<f64>(1500..1501).unwrap()[7] = 2.5;
+        writer.prefault_rows(1400..1600).unwrap();
+        assert_eq!(created.rows_slice::<f64>(1500..1501).unwrap()[7], 2.5);
         assert!(created
-            .rows_slice::<f64>(32..40)
+            .rows_slice::<f64>(1024..1500)
             .unwrap()
             .iter()
             .all(|&v| v == 0.0));
 
         let reader = open_twin(&created, false);
-        reader.prefault_rows(0..64).unwrap();
-        assert_eq!(reader.rows_slice::<f64>(40..41).unwrap()[7], 2.5);
-        assert!(reader.prefault_rows(60..65).is_err(), "past the last row");
+        reader.prefault_rows(0..2048).unwrap();
+        assert_eq!(reader.rows_slice::<f64>(1500..1501).unwrap()[7], 2.5);
+        assert!(
+            reader.prefault_rows(2000..2049).is_err(),
+            "past the last row"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -309,26 +310,13 @@ fn default_tile_elements(source: &Source, procs: usize) -> usize {
     }
 }
 
-/// Writes the temporary dataset for a run without --file into a file that is
-/// unlinked as soon as it is created: it lives as long as a descriptor of it does
-/// (this process's, and the workers' inherited copies), so no exit, Ctrl-C or
-/// `kill -9` at any moment can leave it behind.
+/// Writes the temporary dataset for a run without --file into a file without a
+/// name: it lives as long as a descriptor of it does (this process's, and the
+/// workers' inherited copies), so no exit, Ctrl-C or `kill -9` can leave it behind.
 fn generate(args: &Args) -> Result<(File, Duration)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let path = std::env::temp_dir().join(format!(
-        "procpool-colmeans-{}-{nanos}.npy",
-        std::process::id()
-    ));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("creating the temporary dataset {}", path.display()))?;
-    std::fs::remove_file(&path)
-        .with_context(|| format!("unlinking the temporary dataset {}", path.display()))?;
+    let dir = std::env::temp_dir();
+    let file = unnamed_file(&dir)
+        .with_context(|| format!("creating the temporary dataset in {}", dir.display()))?;
     let started = Instant::now();
     let array = ArrayArgs {
         rows: args.gen_rows,
@@ -336,10 +324,34 @@ fn generate(args: &Args) -> Result<(File, Duration)> {
         dtype: DType::F64_LE,
         seed: 1,
         fortran: false,
-        out: path,
+        // Names it in progress and error messages only.
+        out: dir.join("(temporary dataset)"),
     };
-    gen::write_array_to(file.try_clone()?, &array).context("generating the temporary dataset")?;
+    let writer = file
+        .try_clone()
+        .context("generating the temporary dataset")?;
+    gen::write_array_to(writer, &array).context("generating the temporary dataset")?;
     Ok((file, started.elapsed()))
+}
+
+/// A new file in `dir` that has no name: `O_TMPFILE`, or where the file system lacks
+/// it, a file unlinked right after it is created.
+fn unnamed_file(dir: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).mode(0o600);
+    if let Ok(file) = options.clone().custom_flags(nix::libc::O_TMPFILE).open(dir) {
+        return Ok(file);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = dir.join(format!(
+        "procpool-colmeans-{}-{nanos}.npy",
+        std::process::id()
+    ));
+    let file = options.create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 impl Job for Colmeans {

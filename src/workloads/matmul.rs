@@ -52,24 +52,25 @@ struct Input {
 }
 
 /// A task's answer: the rows written and, optionally, where the worker's time went:
-/// mapping the block's pages of A and C (0 if the worker does not do that apart),
-/// then the kernel. A worker may also answer the bare row count.
+/// mapping the block's pages of A and C (if the worker does that apart), then the
+/// kernel. A worker may also answer the bare row count.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Output {
     Timed {
         rows: u64,
         #[serde(default)]
-        prefault_s: f64,
+        prefault_s: Option<f64>,
         kernel_s: f64,
     },
     Rows(u64),
 }
 
-/// Seconds the workers spent on completed tasks, by phase.
-#[derive(Debug, Default, Clone, Copy)]
+/// Seconds the workers spent on completed tasks, by phase; `prefault` while every
+/// answer said.
+#[derive(Debug, Clone, Copy)]
 struct TaskSeconds {
-    prefault: f64,
+    prefault: Option<f64>,
     kernel: f64,
 }
 
@@ -120,7 +121,10 @@ impl Matmul {
             block,
             next_row: 0,
             rows_done: 0,
-            task_seconds: Some(TaskSeconds::default()),
+            task_seconds: Some(TaskSeconds {
+                prefault: Some(0.0),
+                kernel: 0.0,
+            }),
             args: args.clone(),
             prepared_in: started.elapsed().as_secs_f64(),
         })
@@ -210,8 +214,12 @@ impl Job for Matmul {
                 prefault_s,
                 kernel_s,
             } => {
+                ensure!(
+                    kernel_s >= 0.0 && prefault_s.is_none_or(|seconds| seconds >= 0.0),
+                    "a matmul task answered {output}: seconds cannot be negative"
+                );
                 self.task_seconds = self.task_seconds.map(|total| TaskSeconds {
-                    prefault: total.prefault + prefault_s,
+                    prefault: total.prefault.zip(prefault_s).map(|(sum, s)| sum + s),
                     kernel: total.kernel + kernel_s,
                 });
                 rows
@@ -285,7 +293,7 @@ impl Job for Matmul {
                 "gflops": gflops,
                 "kernel_gflops_per_worker": kernel_gflops,
                 "kernel_s": self.task_seconds.map(|seconds| seconds.kernel),
-                "prefault_s": self.task_seconds.map(|seconds| seconds.prefault),
+                "prefault_s": self.task_seconds.and_then(|seconds| seconds.prefault),
                 "prepare_s": self.prepared_in,
                 "check_s": checked,
                 "checked": self.args.check,
@@ -317,7 +325,7 @@ pub fn worker() -> Result<TaskHandler, String> {
         matmul_into(a_rows, b_all, c_rows, hi - lo, k, n).map_err(|err| err.to_string())?;
         Ok(json!(Output::Timed {
             rows: (hi - lo) as u64,
-            prefault_s: (prefaulted - started).as_secs_f64(),
+            prefault_s: Some((prefaulted - started).as_secs_f64()),
             kernel_s: prefaulted.elapsed().as_secs_f64(),
         }))
     }))
@@ -335,7 +343,7 @@ mod tests {
             parse(r#"{"rows": 128, "kernel_s": 0.5}"#).unwrap(),
             Output::Timed {
                 rows: 128,
-                prefault_s: 0.0,
+                prefault_s: None,
                 kernel_s: 0.5
             }
         );
@@ -343,7 +351,7 @@ mod tests {
             parse(r#"{"rows": 2, "prefault_s": 0.1, "kernel_s": 0.5, "extra": 1}"#).unwrap(),
             Output::Timed {
                 rows: 2,
-                prefault_s: 0.1,
+                prefault_s: Some(0.1),
                 kernel_s: 0.5
             }
         );

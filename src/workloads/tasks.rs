@@ -17,9 +17,10 @@
 //! while the producer is silent.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 use procpool_child::TaskId;
@@ -69,7 +70,7 @@ const READ_CHUNK: usize = 1 << 16;
 
 impl LineBuffer {
     /// Appends what one `read` returns; false at the end of the input.
-    fn fill(&mut self, input: &mut File) -> io::Result<bool> {
+    fn fill(&mut self, input: &mut impl Read) -> io::Result<bool> {
         if self.start > 0 {
             self.bytes.drain(..self.start);
             self.start = 0;
@@ -100,13 +101,23 @@ impl LineBuffer {
     }
 }
 
+/// How far the input has been read.
+enum InputState {
+    /// More may come.
+    Open,
+    /// Its end was read: what is left after the last newline is the last line.
+    Ended,
+    /// A read failed: the lines before are used, the error is reported once (then
+    /// `None`), and a cut last line is dropped.
+    Failed(Option<io::Error>),
+}
+
 /// The supervisor side of `tasks`.
 pub struct Tasks {
     input: File,
     input_name: String,
     lines: LineBuffer,
-    /// The input's end was read.
-    input_ended: bool,
+    input_state: InputState,
     /// The input last handed out by `next_task`, until `was_put` names its id.
     pending: Option<Value>,
     /// Inputs of tasks put and not yet answered.
@@ -124,9 +135,7 @@ pub struct Tasks {
 impl Tasks {
     pub fn new(args: &Args) -> Result<Tasks> {
         let input = if args.input == "-" {
-            // A descriptor of its own for stdin, read without std's buffering.
-            let stdin = io::stdin().as_fd().try_clone_to_owned();
-            File::from(stdin.context("reading stdin: it is not open")?)
+            open_stdin().context("reading stdin")?
         } else {
             File::open(&args.input)
                 .with_context(|| format!("--input {}: cannot open it", args.input))?
@@ -148,7 +157,7 @@ impl Tasks {
                 args.input.clone()
             },
             lines: LineBuffer::default(),
-            input_ended: false,
+            input_state: InputState::Open,
             pending: None,
             inputs: HashMap::new(),
             ordered: args.ordered,
@@ -167,8 +176,9 @@ impl Tasks {
     /// The next non-blank input line read so far, as a JSON value (a string if it
     /// is not JSON).
     fn next_input(&mut self) -> Option<Value> {
+        let at_end = matches!(self.input_state, InputState::Ended);
         loop {
-            let line = self.lines.next_line(self.input_ended)?;
+            let line = self.lines.next_line(at_end)?;
             let text = line.strip_suffix(b"\r").unwrap_or(line);
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -210,23 +220,55 @@ impl Tasks {
     }
 }
 
+/// stdin, to be read only when poll says it is readable. A pipe or a terminal is
+/// opened again as a file description of this process's own and made non-blocking
+/// there, so a read after the poll can never wait (the shell's description is left as
+/// it is); a regular file, whose reads never wait, is read through a duplicate that
+/// keeps its offset, as is anything that cannot be opened again (a socket).
+fn open_stdin() -> io::Result<File> {
+    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+    if stdin.metadata()?.is_file() {
+        return Ok(stdin);
+    }
+    // Non-blocking from the open: opening a pipe whose writer is gone must not wait.
+    Ok(OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open("/proc/self/fd/0")
+        .unwrap_or(stdin))
+}
+
 impl Job for Tasks {
     fn next_task(&mut self) -> Option<Result<Value>> {
-        let value = self.next_input()?;
-        self.pending = Some(value.clone());
-        Some(Ok(value))
+        if let Some(value) = self.next_input() {
+            self.pending = Some(value.clone());
+            return Some(Ok(value));
+        }
+        // Reported as a planning failure, so the tasks already running still finish.
+        let InputState::Failed(err) = &mut self.input_state else {
+            return None;
+        };
+        let name = &self.input_name;
+        err.take()
+            .map(|err| Err(anyhow::Error::new(err).context(format!("reading {name}"))))
     }
 
     fn input(&self) -> Option<BorrowedFd<'_>> {
-        (!self.input_ended).then(|| self.input.as_fd())
+        matches!(self.input_state, InputState::Open).then(|| self.input.as_fd())
     }
 
     fn read_input(&mut self) -> Result<()> {
         match self.lines.fill(&mut self.input) {
-            Ok(more) => self.input_ended = !more,
-            // A signal arrived mid-read: the pool's wait sees it, and reading resumes.
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err).with_context(|| format!("reading {}", self.input_name)),
+            Ok(true) => {}
+            Ok(false) => self.input_state = InputState::Ended,
+            // A signal arrived mid-read, or the data went (a terminal drops typed-ahead
+            // input on Ctrl-C): the pool's wait goes on, and so does reading.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
+            Err(err) => self.input_state = InputState::Failed(Some(err)),
         }
         Ok(())
     }
@@ -303,5 +345,68 @@ impl Drop for Tasks {
             }
         }
         let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that returns the given pieces, one per `read` (a piece longer than
+    /// the caller's buffer over several).
+    struct Pieces(VecDeque<&'static [u8]>);
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let piece = self.0.pop_front().unwrap_or_default();
+            let (now, later) = piece.split_at(piece.len().min(buf.len()));
+            if !later.is_empty() {
+                self.0.push_front(later);
+            }
+            buf[..now.len()].copy_from_slice(now);
+            Ok(now.len())
+        }
+    }
+
+    fn lines_of(pieces: &[&'static [u8]]) -> Vec<String> {
+        let mut input = Pieces(pieces.iter().copied().collect());
+        let mut buffer = LineBuffer::default();
+        let mut lines = Vec::new();
+        let mut at_end = false;
+        loop {
+            while let Some(line) = buffer.next_line(at_end) {
+                lines.push(String::from_utf8(line.to_vec()).unwrap());
+            }
+            if at_end {
+                return lines;
+            }
+            at_end = !buffer.fill(&mut input).unwrap();
+        }
+    }
+
+    #[test]
+    fn lines_come_whole_however_the_reads_cut_them() {
+        assert_eq!(lines_of(&[b"a\nb", b"c\n", b"\nd"]), ["a", "bc", "", "d"]);
+        assert_eq!(lines_of(&[b"x", b"y", b"z", b"\r\n"]), ["xyz\r"]);
+        assert_eq!(lines_of(&[b"one\ntwo\n"]), ["one", "two"]);
+        assert!(lines_of(&[]).is_empty());
+        let long = "7".repeat(3 * READ_CHUNK);
+        let text: &'static [u8] = format!("{long}\nend").leak().as_bytes();
+        let (head, tail) = text.split_at(READ_CHUNK + 5);
+        assert_eq!(lines_of(&[head, tail]), [long.as_str(), "end"]);
+    }
+
+    #[test]
+    fn a_line_is_held_back_until_its_newline_or_the_end() {
+        let mut buffer = LineBuffer::default();
+        buffer.fill(&mut Pieces([&b"partial"[..]].into())).unwrap();
+        assert!(buffer.next_line(false).is_none());
+        buffer
+            .fill(&mut Pieces([&b" line\nnext"[..]].into()))
+            .unwrap();
+        assert_eq!(buffer.next_line(false), Some(&b"partial line"[..]));
+        assert!(buffer.next_line(false).is_none());
+        assert_eq!(buffer.next_line(true), Some(&b"next"[..]));
+        assert!(buffer.next_line(true).is_none());
     }
 }

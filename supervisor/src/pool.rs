@@ -111,7 +111,8 @@ pub struct PoolConfig {
     pub chaos: Option<f64>,
     /// Shared arrays described to workers in `PROCPOOL_ARRAYS`.
     pub arrays: BTreeMap<String, ArraySpec>,
-    /// Descriptors the workers inherit (those behind `arrays`).
+    /// Descriptors the workers inherit at the same numbers: those behind `arrays`, and
+    /// any other file they open as `/proc/self/fd/N`.
     pub inherit_fds: Vec<RawFd>,
     /// Return [`Event::Tick`] from [`Pool::next_event`] at least this often (for status displays).
     pub tick: Option<Duration>,
@@ -916,8 +917,12 @@ impl Pool {
         }
     }
 
-    /// SIGKILLs a random worker that holds a task; false if none does.
+    /// SIGKILLs a random worker that holds a task; false if none does. Never once
+    /// the run is ending: tasks let finish after Ctrl-C are left to finish.
     fn chaos_kill(&mut self) -> bool {
+        if self.ending != Ending::Running {
+            return false;
+        }
         // A task survives at most `max_attempts` chaos kills, so that chaos faster than
         // the tasks cannot stall the run (chaos kills do not count towards quarantine).
         let spared = |id: &TaskId| {

@@ -32,7 +32,8 @@ pub(crate) struct WorkerFds<'a> {
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
-    /// Descriptors (shared arrays) that stay open in the worker at the same number.
+    /// Descriptors (shared arrays, unnamed files) that stay open in the worker at the
+    /// same number.
     pub inherit: &'a [RawFd],
 }
 

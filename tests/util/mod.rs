@@ -144,7 +144,7 @@ impl Procpool {
     }
 
     /// Starts the run with `stdin` as its standard input.
-    fn spawn_with_stdin(mut self, stdin: Stdio) -> Running {
+    pub fn spawn_with_stdin(mut self, stdin: Stdio) -> Running {
         let mut child = self
             .command
             .stdin(stdin)
