@@ -30,21 +30,11 @@ for line in sys.stdin:
 const ANSWER: &str = r#"send({"type": "result", "id": m["id"], "output": m["input"]})"#;
 
 fn tasks_run(script: &str, input: &str, extra: &[&str]) -> Procpool {
-    let mut args = vec![
-        "run",
-        "tasks",
-        "--child",
-        "python3 w.py",
-        "--procs",
-        "2",
-        "--input",
-        "in.txt",
-        "--ordered",
-    ];
-    args.extend_from_slice(extra);
-    Procpool::new(args)
-        .write("w.py", script)
-        .write("in.txt", input)
+    Procpool::tasks(
+        script,
+        input,
+        &[&["--procs", "2", "--ordered"], extra].concat(),
+    )
 }
 
 #[test]
@@ -295,22 +285,18 @@ fn a_recycled_worker_that_ignores_stop_is_killed_after_the_grace() {
     // It answers, but after `stop` (and EOF) it lingers: the slot must not hang.
     let script = format!("{}\ntime.sleep(300)\n", worker(ANSWER));
     let started = Instant::now();
-    let output = Procpool::new([
-        "run",
-        "tasks",
-        "--child",
-        "python3 w.py",
-        "--procs",
-        "1",
-        "--input",
-        "in.txt",
-        "--max-tasks-per-child",
-        "2",
-        "--grace",
-        "0.5",
-    ])
-    .write("w.py", &script)
-    .write("in.txt", "1\n2\n3\n4\n5\n6\n")
+    let output = Procpool::tasks(
+        &script,
+        "1\n2\n3\n4\n5\n6\n",
+        &[
+            "--procs",
+            "1",
+            "--max-tasks-per-child",
+            "2",
+            "--grace",
+            "0.5",
+        ],
+    )
     .run(0);
     assert_eq!(result_lines(&output.stdout).len(), 6, "{output}");
     assert!(started.elapsed() < Duration::from_secs(20), "{output}");

@@ -32,29 +32,8 @@ fn results_come_in_completion_order_or_in_input_order_with_ordered() {
     // Task 0 sleeps; the others are instant, so they overtake it on the other worker.
     let worker = sdk_worker("def handle(x):\n    time.sleep(x)\n    return x\n");
     let input = "0.8\n0\n0\n0\n0\n0\n";
-    let args = |ordered: bool| {
-        let mut args = vec![
-            "run",
-            "tasks",
-            "--child",
-            "python3 w.py",
-            "--procs",
-            "2",
-            "--prefetch",
-            "1",
-            "--input",
-            "in.txt",
-            "--quiet",
-        ];
-        if ordered {
-            args.push("--ordered");
-        }
-        args
-    };
-    let output = Procpool::new(args(false))
-        .write("w.py", &worker)
-        .write("in.txt", input)
-        .run(0);
+    let args = ["--procs", "2", "--prefetch", "1", "--quiet"];
+    let output = Procpool::tasks(&worker, input, &args).run(0);
     let lines = result_lines(&output.stdout);
     assert_eq!(lines.len(), 6, "{output}");
     assert_eq!(
@@ -67,10 +46,7 @@ fn results_come_in_completion_order_or_in_input_order_with_ordered() {
         &json!({"id": 0, "input": 0.8, "output": 0.8})
     );
 
-    let output = Procpool::new(args(true))
-        .write("w.py", &worker)
-        .write("in.txt", input)
-        .run(0);
+    let output = Procpool::tasks(&worker, input, &[&args[..], &["--ordered"]].concat()).run(0);
     let lines = result_lines(&output.stdout);
     assert_eq!(ids(&lines), vec![0, 1, 2, 3, 4, 5], "{output}");
     assert!(output.stderr.contains("tasks: 6 ok"), "{output}");
@@ -119,20 +95,7 @@ fn a_task_error_is_an_error_line_and_the_run_exits_1() {
     let worker = sdk_worker(
         "def handle(x):\n    if x < 0:\n        raise ValueError('negative: %d' % x)\n    return x * 10\n",
     );
-    let output = Procpool::new([
-        "run",
-        "tasks",
-        "--child",
-        "python3 w.py",
-        "--procs",
-        "2",
-        "--input",
-        "in.txt",
-        "--ordered",
-    ])
-    .write("w.py", &worker)
-    .write("in.txt", "1\n-2\n3\n")
-    .run(1);
+    let output = Procpool::tasks(&worker, "1\n-2\n3\n", &["--procs", "2", "--ordered"]).run(1);
     let lines = result_lines(&output.stdout);
     assert_eq!(
         lines,
@@ -166,21 +129,17 @@ fn crashes_mid_run_still_give_exactly_one_line_per_input() {
     }
     let results = tempfile::tempdir().unwrap();
     let out_path = results.path().join("out.jsonl");
-    let output = Procpool::new([
-        "run",
-        "tasks",
-        "--child",
-        "python3 w.py",
-        "--procs",
-        "2",
-        "--input",
-        "in.txt",
-        "--output",
-        out_path.to_str().unwrap(),
-        "--json",
-    ])
-    .write("w.py", &worker)
-    .write("in.txt", &input)
+    let output = Procpool::tasks(
+        &worker,
+        &input,
+        &[
+            "--procs",
+            "2",
+            "--output",
+            out_path.to_str().unwrap(),
+            "--json",
+        ],
+    )
     .run(1);
     // The results went to the file; stdout holds the report alone.
     let report = output.json();

@@ -65,6 +65,22 @@ impl Procpool {
         self.dir.path()
     }
 
+    /// `procpool run tasks ARGS` with the Python worker `script` (as `w.py`, run by
+    /// `python3 w.py`) and the input lines `input` (as `in.txt`).
+    pub fn tasks(script: &str, input: &str, args: &[&str]) -> Procpool {
+        let command = [
+            "run",
+            "tasks",
+            "--child",
+            "python3 w.py",
+            "--input",
+            "in.txt",
+        ];
+        Procpool::new(command.iter().chain(args))
+            .write("w.py", script)
+            .write("in.txt", input)
+    }
+
     /// Writes `contents` to `name` in the run's directory (a worker script, say).
     pub fn write(self, name: &str, contents: &str) -> Procpool {
         std::fs::write(self.dir.path().join(name), contents).expect("writing a test file");
