@@ -11,20 +11,20 @@
 //! waiting for an earlier one with `--ordered`), and the job keeps the inputs of
 //! those tasks only, to echo them in the output.
 //!
-//! The input is read only when it is readable, one read at a time, from the pool's
-//! own wait: with a producer that writes a line now and then (`tail -f`, a
+//! The input is read only when it is readable, from the pool's own wait, through the
+//! supervisor's [`LineReader`]: with a producer that writes a line now and then (`tail -f`, a
 //! terminal), tasks run and results are written as lines arrive, and Ctrl-C works
 //! while the producer is silent.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 use procpool_child::TaskId;
-use procpool_supervisor::{quarantine_message, PoolReport, TaskOutcome};
+use procpool_supervisor::{quarantine_message, LineReader, PoolReport, ReadOutcome, TaskOutcome};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -55,69 +55,12 @@ struct ResultLine<'a> {
     error: Option<&'a str>,
 }
 
-/// Bytes read from the input and not yet handed out as lines.
-#[derive(Default)]
-struct LineBuffer {
-    bytes: Vec<u8>,
-    /// Where the next line starts.
-    start: usize,
-    /// How far past `start` is known to hold no newline.
-    scanned: usize,
-}
-
-/// Bytes read from the input per call: one read, so it never waits for more.
-const READ_CHUNK: usize = 1 << 16;
-
-impl LineBuffer {
-    /// Appends what one `read` returns; false at the end of the input.
-    fn fill(&mut self, input: &mut impl Read) -> io::Result<bool> {
-        if self.start > 0 {
-            self.bytes.drain(..self.start);
-            self.start = 0;
-        }
-        let len = self.bytes.len();
-        self.bytes.resize(len + READ_CHUNK, 0);
-        let read = input.read(&mut self.bytes[len..]);
-        self.bytes.truncate(len + *read.as_ref().unwrap_or(&0));
-        read.map(|count| count > 0)
-    }
-
-    /// The next complete line, without its newline; at the end of the input, also
-    /// what is left after the last newline.
-    fn next_line(&mut self, at_end: bool) -> Option<&[u8]> {
-        let unread = &self.bytes[self.start..];
-        let line_len = match unread[self.scanned..].iter().position(|&b| b == b'\n') {
-            Some(offset) => self.scanned + offset,
-            None if at_end && !unread.is_empty() => unread.len(),
-            None => {
-                self.scanned = unread.len();
-                return None;
-            }
-        };
-        let line = self.start..self.start + line_len;
-        self.start = (line.end + 1).min(self.bytes.len());
-        self.scanned = 0;
-        Some(&self.bytes[line])
-    }
-}
-
-/// How far the input has been read.
-enum InputState {
-    /// More may come.
-    Open,
-    /// Its end was read: what is left after the last newline is the last line.
-    Ended,
-    /// A read failed: the lines before are used, the error is reported once (then
-    /// `None`), and a cut last line is dropped.
-    Failed(Option<io::Error>),
-}
-
 /// The supervisor side of `tasks`.
 pub struct Tasks {
-    input: File,
+    input: LineReader,
     input_name: String,
-    lines: LineBuffer,
-    input_state: InputState,
+    /// A read of the input failed: reported once, after the lines before it.
+    read_error: Option<io::Error>,
     /// The input last handed out by `next_task`, until `was_put` names its id.
     pending: Option<Value>,
     /// Inputs of tasks put and not yet answered.
@@ -140,6 +83,7 @@ impl Tasks {
             File::open(&args.input)
                 .with_context(|| format!("--input {}: cannot open it", args.input))?
         };
+        let input = LineReader::new(input, None);
         let to_stdout = args.output == "-";
         let out: Box<dyn Write> = if to_stdout {
             Box::new(io::stdout())
@@ -156,8 +100,7 @@ impl Tasks {
             } else {
                 args.input.clone()
             },
-            lines: LineBuffer::default(),
-            input_state: InputState::Open,
+            read_error: None,
             pending: None,
             inputs: HashMap::new(),
             ordered: args.ordered,
@@ -176,10 +119,9 @@ impl Tasks {
     /// The next non-blank input line read so far, as a JSON value (a string if it
     /// is not JSON).
     fn next_input(&mut self) -> Option<Value> {
-        let at_end = matches!(self.input_state, InputState::Ended);
         loop {
-            let line = self.lines.next_line(at_end)?;
-            let text = line.strip_suffix(b"\r").unwrap_or(line);
+            let line = self.input.next_line()?;
+            let text = line.strip_suffix(b"\r").unwrap_or(&line);
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -245,30 +187,21 @@ impl Job for Tasks {
             return Some(Ok(value));
         }
         // Reported as a planning failure, so the tasks already running still finish.
-        let InputState::Failed(err) = &mut self.input_state else {
-            return None;
-        };
         let name = &self.input_name;
-        err.take()
+        self.read_error
+            .take()
             .map(|err| Err(anyhow::Error::new(err).context(format!("reading {name}"))))
     }
 
     fn input(&self) -> Option<BorrowedFd<'_>> {
-        matches!(self.input_state, InputState::Open).then(|| self.input.as_fd())
+        self.input.fd()
     }
 
     fn read_input(&mut self) -> Result<()> {
-        match self.lines.fill(&mut self.input) {
-            Ok(true) => {}
-            Ok(false) => self.input_state = InputState::Ended,
-            // A signal arrived mid-read, or the data went (a terminal drops typed-ahead
-            // input on Ctrl-C): the pool's wait goes on, and so does reading.
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                ) => {}
-            Err(err) => self.input_state = InputState::Failed(Some(err)),
+        // No line limit, so never LineTooLong; a signal mid-read, or data gone (a
+        // terminal drops typed-ahead input on Ctrl-C), is `Open`: reading goes on.
+        if let ReadOutcome::Failed(err) = self.input.fill() {
+            self.read_error = Some(err);
         }
         Ok(())
     }
@@ -345,68 +278,5 @@ impl Drop for Tasks {
             }
         }
         let _ = self.out.flush();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reader that returns the given pieces, one per `read` (a piece longer than
-    /// the caller's buffer over several).
-    struct Pieces(VecDeque<&'static [u8]>);
-
-    impl Read for Pieces {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let piece = self.0.pop_front().unwrap_or_default();
-            let (now, later) = piece.split_at(piece.len().min(buf.len()));
-            if !later.is_empty() {
-                self.0.push_front(later);
-            }
-            buf[..now.len()].copy_from_slice(now);
-            Ok(now.len())
-        }
-    }
-
-    fn lines_of(pieces: &[&'static [u8]]) -> Vec<String> {
-        let mut input = Pieces(pieces.iter().copied().collect());
-        let mut buffer = LineBuffer::default();
-        let mut lines = Vec::new();
-        let mut at_end = false;
-        loop {
-            while let Some(line) = buffer.next_line(at_end) {
-                lines.push(String::from_utf8(line.to_vec()).unwrap());
-            }
-            if at_end {
-                return lines;
-            }
-            at_end = !buffer.fill(&mut input).unwrap();
-        }
-    }
-
-    #[test]
-    fn lines_come_whole_however_the_reads_cut_them() {
-        assert_eq!(lines_of(&[b"a\nb", b"c\n", b"\nd"]), ["a", "bc", "", "d"]);
-        assert_eq!(lines_of(&[b"x", b"y", b"z", b"\r\n"]), ["xyz\r"]);
-        assert_eq!(lines_of(&[b"one\ntwo\n"]), ["one", "two"]);
-        assert!(lines_of(&[]).is_empty());
-        let long = "7".repeat(3 * READ_CHUNK);
-        let text: &'static [u8] = format!("{long}\nend").leak().as_bytes();
-        let (head, tail) = text.split_at(READ_CHUNK + 5);
-        assert_eq!(lines_of(&[head, tail]), [long.as_str(), "end"]);
-    }
-
-    #[test]
-    fn a_line_is_held_back_until_its_newline_or_the_end() {
-        let mut buffer = LineBuffer::default();
-        buffer.fill(&mut Pieces([&b"partial"[..]].into())).unwrap();
-        assert!(buffer.next_line(false).is_none());
-        buffer
-            .fill(&mut Pieces([&b" line\nnext"[..]].into()))
-            .unwrap();
-        assert_eq!(buffer.next_line(false), Some(&b"partial line"[..]));
-        assert!(buffer.next_line(false).is_none());
-        assert_eq!(buffer.next_line(true), Some(&b"next"[..]));
-        assert!(buffer.next_line(true).is_none());
     }
 }

@@ -13,6 +13,10 @@
 //! under an OTP-style [`RestartPolicy`]; every task ends exactly once, as a result, an
 //! error, or a quarantined failure.
 //!
+//! Tasks may come from a stream: [`Pool::next_event_or_input`] also wakes when the
+//! stream's descriptor is readable, and a [`LineReader`] splits it into lines without
+//! ever waiting on it.
+//!
 //! ```no_run
 //! use procpool_supervisor::{Event, Pool, PoolConfig, TaskOutcome, WorkerStart};
 //!
@@ -32,6 +36,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod lines;
 mod pool;
 mod queue;
 mod report;
@@ -42,6 +47,7 @@ mod start_error;
 mod sys;
 mod worker;
 
+pub use lines::{LineReader, ReadOutcome};
 pub use pool::{
     Event, LogSink, Pool, PoolConfig, PoolError, TaskOutcome, WorkerStart, DEFAULT_PREFETCH,
     QUEUED_WORK_TARGET,

@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use procpool_child::{decode_line, ArraySpec, FromWorker, TaskId, WorkerEnv};
 use serde_json::Value;
 
+use crate::lines::ReadOutcome;
 use crate::queue::JoinableQueue;
 use crate::report::{
     quarantine_message, CpuTime, Crash, KillReason, PoolReport, RunEnd, TaskFailure, WorkerReport,
@@ -22,7 +23,7 @@ use crate::restart::{backoff, RestartBudget, RestartPolicy};
 use crate::signals::SignalPipes;
 use crate::slot::{Phase, Slot, WorkerStatus};
 use crate::sys::{self, WorkerFds};
-use crate::worker::{ReadOutcome, WorkerProcess};
+use crate::worker::WorkerProcess;
 
 /// How long a worker that closed its stdout may take to exit before it is killed.
 const STDOUT_CLOSED_LINGER: Duration = Duration::from_secs(1);
@@ -1022,7 +1023,7 @@ impl Pool {
         let state = &mut self.slots[slot];
         match outcome {
             ReadOutcome::Open => {}
-            ReadOutcome::Eof => {
+            ReadOutcome::Eof | ReadOutcome::Failed(_) => {
                 state.stdout_closed_at.get_or_insert(Instant::now());
             }
             ReadOutcome::LineTooLong => {

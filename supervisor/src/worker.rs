@@ -3,7 +3,7 @@
 //! Dropping a `WorkerProcess` that was not reaped kills and reaps it.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::sys::signal::Signal;
@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 
 use procpool_child::{encode_line, ToWorker};
 
+use crate::lines::LineReader;
 use crate::report::{CpuTime, ExitStatus};
 use crate::sys;
 
@@ -35,8 +36,8 @@ impl WorkerProcess {
             stdin: Some(File::from(stdin)),
             outbox: Vec::new(),
             closing: false,
-            stdout: LineReader::new(stdout),
-            stderr: LineReader::new(stderr),
+            stdout: LineReader::new(stdout.into(), Some(MAX_LINE)),
+            stderr: LineReader::new(stderr.into(), Some(MAX_LINE)),
             reaped: false,
         }
     }
@@ -119,137 +120,5 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill_and_reap();
-    }
-}
-
-/// Splits a non-blocking pipe into lines.
-pub(crate) struct LineReader {
-    fd: Option<File>,
-    /// Where each read lands before it is appended: allocated (and zeroed) once, not per read.
-    chunk: Box<[u8]>,
-    buffer: Vec<u8>,
-    /// Bytes at the front of `buffer` already handed out as lines.
-    consumed: usize,
-    /// Bytes of `buffer` already searched for a newline.
-    scanned: usize,
-    /// Length of the unfinished line at the end of `buffer`.
-    partial_len: usize,
-    /// Dropping the rest of a line that grew past [`MAX_LINE`], up to its newline.
-    discarding: bool,
-}
-
-/// What one read from a worker pipe gave.
-pub(crate) enum ReadOutcome {
-    /// The pipe is open; complete lines may be waiting in the reader.
-    Open,
-    /// The writer closed its end; the last partial line, if any, is now a line.
-    Eof,
-    /// A line longer than [`MAX_LINE`]: dropped, up to its newline.
-    LineTooLong,
-}
-
-impl LineReader {
-    fn new(fd: OwnedFd) -> Self {
-        LineReader {
-            fd: Some(File::from(fd)),
-            chunk: vec![0; 64 * 1024].into_boxed_slice(),
-            buffer: Vec::new(),
-            consumed: 0,
-            scanned: 0,
-            partial_len: 0,
-            discarding: false,
-        }
-    }
-
-    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|f| f.as_fd())
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        self.fd.is_some()
-    }
-
-    /// Reads what the pipe holds now, up to a bound so that one chatty worker cannot
-    /// keep the event loop from the others (poll is level-triggered: the rest waits).
-    pub(crate) fn fill(&mut self) -> ReadOutcome {
-        const READS_PER_FILL: usize = 16;
-        for _ in 0..READS_PER_FILL {
-            let Some(fd) = self.fd.as_mut() else {
-                return ReadOutcome::Eof;
-            };
-            match fd.read(&mut self.chunk) {
-                Ok(0) => {
-                    self.fd = None;
-                    if self.partial_len > 0 {
-                        self.buffer.push(b'\n');
-                        self.partial_len = 0;
-                    }
-                    return ReadOutcome::Eof;
-                }
-                Ok(n) => {
-                    self.compact();
-                    let mut chunk = &self.chunk[..n];
-                    if self.discarding {
-                        let Some(newline) = chunk.iter().position(|&b| b == b'\n') else {
-                            continue;
-                        };
-                        self.discarding = false;
-                        chunk = &chunk[newline + 1..];
-                    }
-                    self.buffer.extend_from_slice(chunk);
-                    self.partial_len = match chunk.iter().rposition(|&b| b == b'\n') {
-                        Some(last_newline) => chunk.len() - last_newline - 1,
-                        None => self.partial_len + chunk.len(),
-                    };
-                    if self.partial_len > MAX_LINE {
-                        // Drop the line, and the rest of it as it arrives; the pipe stays
-                        // open, so the writer is not killed by SIGPIPE for a long line.
-                        self.buffer.truncate(self.buffer.len() - self.partial_len);
-                        self.scanned = self.scanned.min(self.buffer.len());
-                        self.partial_len = 0;
-                        self.discarding = true;
-                        return ReadOutcome::LineTooLong;
-                    }
-                    if n < self.chunk.len() {
-                        return ReadOutcome::Open;
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Open,
-                Err(_) => {
-                    self.fd = None;
-                    return ReadOutcome::Eof;
-                }
-            }
-        }
-        ReadOutcome::Open
-    }
-
-    /// The next complete line, without its newline.
-    pub(crate) fn next_line(&mut self) -> Option<Vec<u8>> {
-        let newline = self.buffer[self.scanned..].iter().position(|&b| b == b'\n');
-        match newline {
-            Some(offset) => {
-                let end = self.scanned + offset;
-                let line = self.buffer[self.consumed..end].to_vec();
-                self.consumed = end + 1;
-                self.scanned = self.consumed;
-                Some(line)
-            }
-            None => {
-                self.scanned = self.buffer.len();
-                None
-            }
-        }
-    }
-
-    /// Drops lines already handed out, moving the rest to the front only when that
-    /// costs less than what was handed out (so many short lines stay linear).
-    fn compact(&mut self) {
-        if self.consumed > 0 && self.consumed * 2 >= self.buffer.len() {
-            self.buffer.drain(..self.consumed);
-            self.scanned -= self.consumed;
-            self.consumed = 0;
-        }
     }
 }
