@@ -419,6 +419,12 @@ impl Pool {
         !self.events.is_empty()
     }
 
+    /// The id the next [`put`](Pool::put) returns, so that a task source can file a
+    /// task under its id before handing it over.
+    pub fn next_id(&self) -> TaskId {
+        self.queue.total()
+    }
+
     /// Tasks put and not finished.
     pub fn unfinished(&self) -> usize {
         self.queue.unfinished()
