@@ -28,10 +28,10 @@ use serde_json::{json, Value};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Seconds to wait for `ready`, and for the answers to each batch of tasks.
-    #[arg(long, default_value = "10", value_parser = crate::cli::parse_seconds)]
+    #[arg(long, default_value = "10", value_parser = crate::parse::seconds)]
     pub timeout: Duration,
     /// Seconds the worker gets to exit after `stop` or EOF.
-    #[arg(long, default_value = "5", value_parser = crate::cli::parse_seconds)]
+    #[arg(long, default_value = "5", value_parser = crate::parse::seconds)]
     pub grace: Duration,
     /// The worker command: one argument is split into words like a shell would (as
     /// `--child` is); several are taken as the words themselves.

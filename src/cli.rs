@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, FromArgMatches, Parser, Subcommand, ValueEnum};
 use procpool_supervisor::DEFAULT_PREFETCH;
 
-use crate::workloads::{self, Kind};
+use crate::parse;
+use crate::workloads::{self, Registration, WorkerSide, REGISTRY};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -58,8 +59,8 @@ pub enum Command {
     #[command(hide = true)]
     Worker {
         /// The workload whose tasks to run.
-        #[arg(value_enum)]
-        workload: Kind,
+        #[arg(value_parser = builtin_workers())]
+        workload: String,
     },
     /// Serve the generated demo site that `run crawl` crawls, until stdin closes.
     #[command(hide = true)]
@@ -74,43 +75,57 @@ pub struct RunArgs {
     pub workload: WorkloadArgs,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum WorkloadArgs {
-    /// Draw the Mandelbrot set into a shared image, a few rows per task.
-    Mandelbrot(workloads::mandelbrot::Args),
-    /// Multiply matrices in shared memory, one row block of C per task.
-    Matmul(workloads::matmul::Args),
-    /// Column means of a .npy or raw file larger than memory, one tile of rows per task.
-    Colmeans(workloads::colmeans::Args),
-    /// Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error).
-    Crash(workloads::crash::Args),
-    /// Generate mazes from a seed and solve them by BFS; --big: one maze, parallel BFS.
-    Maze(workloads::maze::Args),
-    /// Fetch pages and count their words, following links breadth-first (http:// only).
-    Crawl(workloads::crawl::Args),
-    /// Count primes below --limit with a segmented sieve, one range per task.
-    Primes(workloads::primes::Args),
-    /// Empty tasks, to measure the pool's own overhead per task.
-    Noop(workloads::noop::Args),
-    /// One task per input line (JSON, or taken as a string) for a --child worker; one
-    /// result line per task: {"id","input","output"} or {"id","input","error"}.
-    Tasks(workloads::tasks::Args),
+/// The workload of a run, one of [`REGISTRY`], and its options as clap read them
+/// (its `Args` are parsed from them when the run starts).
+#[derive(Debug, Clone)]
+pub struct WorkloadArgs {
+    pub registration: &'static Registration,
+    pub matches: ArgMatches,
 }
 
-impl WorkloadArgs {
-    pub fn kind(&self) -> Kind {
-        match self {
-            WorkloadArgs::Colmeans(_) => Kind::Colmeans,
-            WorkloadArgs::Crash(_) => Kind::Crash,
-            WorkloadArgs::Crawl(_) => Kind::Crawl,
-            WorkloadArgs::Mandelbrot(_) => Kind::Mandelbrot,
-            WorkloadArgs::Matmul(_) => Kind::Matmul,
-            WorkloadArgs::Maze(_) => Kind::Maze,
-            WorkloadArgs::Primes(_) => Kind::Primes,
-            WorkloadArgs::Noop(_) => Kind::Noop,
-            WorkloadArgs::Tasks(_) => Kind::Tasks,
-        }
+impl FromArgMatches for WorkloadArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let (name, matches) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+        let registration = workloads::find(name)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))?;
+        Ok(WorkloadArgs {
+            registration,
+            matches: matches.clone(),
+        })
     }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = WorkloadArgs::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for WorkloadArgs {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        REGISTRY.iter().fold(command, |command, registration| {
+            let subcommand = (registration.augment_args)(clap::Command::new(registration.name));
+            command.subcommand(subcommand.about(registration.about))
+        })
+    }
+
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        WorkloadArgs::augment_subcommands(command)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        workloads::find(name).is_some()
+    }
+}
+
+/// The names `procpool worker` takes: the workloads that have a built-in worker.
+fn builtin_workers() -> clap::builder::PossibleValuesParser {
+    let names = REGISTRY
+        .iter()
+        .filter(|registration| matches!(registration.worker, WorkerSide::Builtin(_)))
+        .map(|registration| registration.name);
+    clap::builder::PossibleValuesParser::new(names)
 }
 
 /// How workers are started.
@@ -148,22 +163,22 @@ pub struct PoolArgs {
     #[arg(long, global = true)]
     pub max_restarts: Option<u32>,
     /// The window of --max-restarts, in seconds.
-    #[arg(long, global = true, default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, global = true, default_value = "10", value_parser = parse::seconds)]
     pub restart_period: Duration,
     /// Kill a worker whose task runs longer than this many seconds (counts as a crash).
-    #[arg(long, global = true, value_parser = parse_seconds)]
+    #[arg(long, global = true, value_parser = parse::seconds)]
     pub task_timeout: Option<Duration>,
     /// Kill a worker that has not sent `ready` this many seconds after starting.
-    #[arg(long, global = true, default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, global = true, default_value = "30", value_parser = parse::seconds)]
     pub ready_timeout: Duration,
     /// Replace each worker after it has answered this many tasks.
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tasks_per_child: Option<u64>,
     /// Seconds workers get to finish at shutdown or after Ctrl-C before being killed.
-    #[arg(long, global = true, default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, global = true, default_value = "5", value_parser = parse::seconds)]
     pub grace: Duration,
     /// SIGKILL a random busy worker this many times per second (to watch recovery).
-    #[arg(long, global = true, value_parser = parse_rate)]
+    #[arg(long, global = true, value_parser = parse::rate)]
     pub chaos: Option<f64>,
     /// Print one JSON object (the result and the run report) instead of a summary.
     #[arg(long, global = true)]
@@ -171,41 +186,6 @@ pub struct PoolArgs {
     /// Print no worker events, only the summary and errors.
     #[arg(long, global = true)]
     pub quiet: bool,
-}
-
-/// Seconds, at most a million (11 days): any longer wait is a typo, and the pool adds
-/// these durations to the clock.
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    const MAX_SECONDS: f64 = 1e6;
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !(0.0..=MAX_SECONDS).contains(&seconds) {
-        return Err(format!(
-            "'{text}' is not between 0 and {MAX_SECONDS} seconds"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// A count written as an integer or in scientific notation (`1e9`), which must be exact.
-pub fn parse_count(text: &str) -> Result<u64, String> {
-    if let Ok(n) = text.parse::<u64>() {
-        return Ok(n);
-    }
-    match text.parse::<f64>() {
-        Ok(x) if x >= 0.0 && x.fract() == 0.0 && x < 1.8e19 => Ok(x as u64),
-        _ => Err(format!(
-            "'{text}' is not a whole number (e.g. 1000000 or 1e6)"
-        )),
-    }
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
-        _ => Err(format!("'{text}' is not a positive rate per second")),
-    }
 }
 
 #[cfg(test)]
@@ -228,7 +208,7 @@ mod tests {
             panic!("expected run")
         };
         assert_eq!(run.pool.procs, Some(3));
-        assert_eq!(run.workload.kind(), Kind::Primes);
+        assert_eq!(run.workload.registration.name, "primes");
     }
 
     #[test]

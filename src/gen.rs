@@ -28,10 +28,10 @@ pub enum GenArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ArrayArgs {
     /// Rows.
-    #[arg(long, value_parser = crate::cli::parse_count)]
+    #[arg(long, value_parser = crate::parse::count)]
     pub rows: u64,
     /// Columns.
-    #[arg(long, value_parser = crate::cli::parse_count)]
+    #[arg(long, value_parser = crate::parse::count)]
     pub cols: u64,
     /// Element type, numpy style: f8, f4, i8, i4 (or u1), optionally with byte
     /// order: <f8 little-endian, >f8 big-endian.

@@ -4,8 +4,10 @@ mod bench;
 mod check_worker;
 mod cli;
 mod gen;
+mod parse;
 mod run;
 mod site;
+mod source;
 mod splitmix;
 mod status;
 mod worker;
@@ -21,7 +23,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Worker { workload } => {
-            return ExitCode::from(worker::serve_builtin(workload) as u8)
+            // clap took only names of the table, so the lookup finds it.
+            let code = workloads::find(&workload).map_or(2, worker::serve_builtin);
+            return ExitCode::from(code as u8);
         }
         Command::CheckWorker(args) => return check_worker::main(&args),
         Command::ServeSite(args) => site::serve(&args).map(|()| ExitCode::SUCCESS),

@@ -10,16 +10,14 @@ use anyhow::{Context, Result};
 use procpool_child::ArraySpec;
 use procpool_supervisor::{
     quarantine_message, Event, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy, RunEnd,
-    TaskOutcome, WorkerStart,
+    TaskFailure, TaskOutcome, WorkerStart,
 };
 use serde_json::{json, Value};
 
-use crate::cli::{PoolArgs, RunArgs, StartMode, WorkloadArgs};
+use crate::cli::{PoolArgs, RunArgs, StartMode};
+use crate::source::{Answer, TaskSource};
 use crate::status::{Status, REDRAW_EVERY};
-use crate::workloads::{
-    colmeans::Colmeans, crash::Crash, crawl::Crawl, mandelbrot::Mandelbrot, matmul::Matmul,
-    maze::MazeJob, noop::Noop, primes::Primes, tasks::Tasks, Job, Kind, Summary,
-};
+use crate::workloads::{Registration, Summary, WorkerSide};
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
 #[derive(Debug, thiserror::Error)]
@@ -34,21 +32,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Some(procs) => procs as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let kind = args.workload.kind();
-    if kind == Kind::Tasks && args.pool.child.is_none() {
-        return Err(UsageError(
-            "`procpool run tasks` needs --child CMD, the worker that runs each line \
-             (e.g. --child 'python3 examples/python/count_words.py')"
-                .into(),
-        )
-        .into());
+    let workload = args.workload.registration;
+    if let (WorkerSide::ChildOnly { usage }, None) = (&workload.worker, &args.pool.child) {
+        return Err(UsageError(usage.to_string()).into());
     }
-    let job = make_job(&args.workload, procs)
+    let source = (workload.start)(&args.workload.matches, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
         .map_err(|err| UsageError(format!("{err:#}")))?;
-    let mut config = pool_config(&args.pool, procs, kind)?;
-    config.inherit_fds.extend(job.inherited_fds());
-    for shared in job.shared_arrays() {
+    let mut config = pool_config(&args.pool, procs, workload)?;
+    config.inherit_fds.extend(source.inherited_fds());
+    for shared in source.shared_arrays() {
         config.inherit_fds.push(shared.array.raw_fd());
         config.arrays.insert(
             shared.name.into(),
@@ -63,27 +56,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     config.on_log = Box::new(move |slot, line| log_status.borrow_mut().worker_log(slot, line));
     let pool = Pool::start(config).context("starting the worker pool")?;
     // Results on stdout: the summary (and the --json report) go to stderr instead.
-    let summary_to_stderr = job.results_on_stdout();
-    let outcome = drive(pool, job, &args.pool, &status)?;
-    print_outcome(&outcome, &args.pool, kind, procs, summary_to_stderr)?;
+    let summary_to_stderr = source.results_on_stdout();
+    let outcome = drive(pool, source, &args.pool, &status)?;
+    print_outcome(&outcome, &args.pool, workload, procs, summary_to_stderr)?;
     Ok(ExitCode::from(outcome.exit_code()))
 }
 
-fn make_job(workload: &WorkloadArgs, procs: usize) -> Result<Box<dyn Job>> {
-    Ok(match workload {
-        WorkloadArgs::Colmeans(args) => Box::new(Colmeans::new(args, procs)?),
-        WorkloadArgs::Crash(args) => Box::new(Crash::new(args)?),
-        WorkloadArgs::Crawl(args) => Box::new(Crawl::new(args)?),
-        WorkloadArgs::Mandelbrot(args) => Box::new(Mandelbrot::new(args)?),
-        WorkloadArgs::Matmul(args) => Box::new(Matmul::new(args, procs)?),
-        WorkloadArgs::Maze(args) => Box::new(MazeJob::new(args, procs)?),
-        WorkloadArgs::Primes(args) => Box::new(Primes::new(args, procs)?),
-        WorkloadArgs::Noop(args) => Box::new(Noop::new(args)),
-        WorkloadArgs::Tasks(args) => Box::new(Tasks::new(args)?),
-    })
-}
-
-fn pool_config(args: &PoolArgs, procs: usize, kind: Kind) -> Result<PoolConfig> {
+fn pool_config(
+    args: &PoolArgs,
+    procs: usize,
+    workload: &'static Registration,
+) -> Result<PoolConfig> {
     let start = match (args.start, &args.child) {
         (StartMode::Fork, Some(_)) => {
             return Err(UsageError(
@@ -107,10 +90,10 @@ fn pool_config(args: &PoolArgs, procs: usize, kind: Kind) -> Result<PoolConfig> 
             program: std::env::current_exe()
                 .context("finding the procpool executable to start workers")?
                 .into(),
-            args: vec!["worker".into(), kind.name().into()],
+            args: vec!["worker".into(), workload.name.into()],
         },
         (StartMode::Fork, None) => {
-            WorkerStart::Fork(Arc::new(move || crate::worker::serve_builtin(kind)))
+            WorkerStart::Fork(Arc::new(move || crate::worker::serve_builtin(workload)))
         }
     };
     let mut config = PoolConfig::new(procs, start);
@@ -150,30 +133,31 @@ impl Outcome {
     }
 }
 
-/// Feeds the job's tasks to the pool (a bounded window ahead, so a job can stream its
-/// inputs), reduces every answer, and shuts the pool down.
+/// Feeds the source's tasks to the pool (a bounded window ahead, so a source can
+/// stream its inputs), hands every task's end back to it, and shuts the pool down.
 ///
-/// The job is asked for tasks before every wait, so a job whose tasks come from
-/// results (a crawl's links, a BFS level) adds them as they appear; the run ends when
-/// the pool is joined and the job has nothing more.
+/// The source is asked for tasks before every wait, so a workload whose tasks come
+/// from results (a crawl's links, a BFS level) adds them as they appear; the run ends
+/// when the pool is joined and the source has nothing more.
 fn drive(
     mut pool: Pool,
-    mut job: Box<dyn Job>,
+    mut source: Box<dyn TaskSource>,
     args: &PoolArgs,
     status: &Rc<RefCell<Status>>,
 ) -> Result<Outcome> {
     let window = pool.procs() * args.prefetch as usize * 4 + 64;
-    let total = job.total_tasks();
+    let total = source.total_tasks();
     let mut done = 0u64;
     let mut error = None;
     let mut planning_failed = false;
+    let mut rejected = Vec::new();
     loop {
-        let has_room = |pool: &Pool, job: &dyn Job| pool.unfinished().max(job.held()) < window;
-        while !planning_failed && !pool.interrupted() && has_room(&pool, &*job) {
-            match job.next_task() {
+        let has_room =
+            |pool: &Pool, source: &dyn TaskSource| pool.unfinished().max(source.held()) < window;
+        while !planning_failed && !pool.interrupted() && has_room(&pool, &*source) {
+            match source.next_task(pool.next_id()) {
                 Some(Ok(input)) => {
-                    let id = pool.put(input);
-                    job.was_put(id);
+                    pool.put(input);
                 }
                 Some(Err(err)) => {
                     error = Some(err.context("preparing tasks"));
@@ -183,19 +167,19 @@ fn drive(
             }
         }
         if !pool.has_events() {
-            if let Err(err) = job.flush() {
+            if let Err(err) = source.flush() {
                 error = Some(err);
                 break;
             }
         }
         // Streamed input is read only when it is readable and the window has room.
-        let input = match planning_failed || !has_room(&pool, &*job) {
+        let input = match planning_failed || !has_room(&pool, &*source) {
             true => None,
-            false => job.input(),
+            false => source.input(),
         };
         let event = match pool.next_event_or_input(input) {
             Ok(Some(event)) => event,
-            // Joined right after asking the job for more: the run is over.
+            // Joined right after asking the source for more: the run is over.
             Ok(None) => break,
             Err(PoolError::Aborted(_)) => break,
             Err(err) => return Err(err.into()),
@@ -214,10 +198,12 @@ fn drive(
             Event::WorkerDied { .. } | Event::WorkerStarted { .. }
         );
         if let Err(err) = on_event(
-            &mut *job,
+            &mut *source,
             event,
+            &pool,
             &mut status.borrow_mut(),
             args.max_attempts,
+            &mut rejected,
         ) {
             error = Some(err);
             break;
@@ -226,12 +212,13 @@ fn drive(
             status.borrow_mut().draw(&pool.workers(), done, total);
         }
     }
-    let report = pool.shutdown();
+    let mut report = pool.shutdown();
+    count_rejected(&mut report, rejected);
     status.borrow_mut().clear();
-    // A job whose result cannot be summed up (rows missing, say) is a failed run, but
+    // A run whose result cannot be summed up (rows missing, say) is a failed run, but
     // the report of what did finish is still printed.
     let summary = match (&error, &report.end) {
-        (None, RunEnd::Completed) => job.summary(&report).map_or_else(
+        (None, RunEnd::Completed) => source.summary(&report).map_or_else(
             |err| {
                 error = Some(err);
                 None
@@ -247,13 +234,44 @@ fn drive(
     })
 }
 
-fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: u32) -> Result<()> {
+/// The pool counted these tasks ok when their answers came; the source rejected the
+/// answers, so the report counts them as errors, with why.
+fn count_rejected(report: &mut PoolReport, rejected: Vec<TaskFailure>) {
+    let count = rejected.len() as u64;
+    report.tasks_ok -= count;
+    report.tasks_error += count;
+    report.failures.extend(rejected);
+    report.failures.sort_by_key(|failure| failure.id);
+}
+
+fn on_event(
+    source: &mut dyn TaskSource,
+    event: Event,
+    pool: &Pool,
+    status: &mut Status,
+    max_attempts: u32,
+    rejected: &mut Vec<TaskFailure>,
+) -> Result<()> {
     match event {
         Event::Task {
             id,
+            attempts,
+            slot,
             outcome: TaskOutcome::Output(output),
-            ..
-        } => job.reduce(id, output)?,
+        } => {
+            if let Answer::Rejected(why) = source.result(id, output)? {
+                let message = bad_answer(slot, pool, &why);
+                status.warn(&format!("task {id} failed: {message}"));
+                // Counted before the source hears of it: a source may stop the run.
+                rejected.push(TaskFailure {
+                    id,
+                    attempts,
+                    message: message.clone(),
+                    crashes: Vec::new(),
+                });
+                source.failure(id, attempts, &TaskOutcome::Error(message))?;
+            }
+        }
         Event::Task {
             id,
             attempts,
@@ -268,7 +286,7 @@ fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: 
                 )),
                 TaskOutcome::Output(_) => unreachable!("matched above"),
             }
-            job.on_failure(id, attempts, &outcome)?;
+            source.failure(id, attempts, &outcome)?;
         }
         Event::WorkerDied {
             crash,
@@ -299,24 +317,47 @@ fn on_event(job: &mut dyn Job, event: Event, status: &mut Status, max_attempts: 
             status.warn("interrupted; letting running tasks finish (Ctrl-C again to kill them now)")
         }
         Event::Interrupted { again: true } => status.warn("killing workers now"),
-        Event::InputReady => job.read_input()?,
+        Event::InputReady => source.read_input()?,
         Event::WorkerStarted { .. } | Event::Tick => {}
     }
     Ok(())
+}
+
+/// Why a task's answer was refused, naming the worker that gave it.
+fn bad_answer(slot: usize, pool: &Pool, why: &str) -> String {
+    match pool.workers().get(slot) {
+        Some(worker) => format!(
+            "worker {slot} (pid {}) gave a bad answer: {why}",
+            worker.pid
+        ),
+        None => format!("worker {slot} gave a bad answer: {why}"),
+    }
 }
 
 /// Prints the run's summary; a closed stdout (`| head`) is not an error worth a panic.
 fn print_outcome(
     outcome: &Outcome,
     args: &PoolArgs,
-    kind: Kind,
+    workload: &Registration,
     procs: usize,
     to_stderr: bool,
 ) -> Result<()> {
     let written = if to_stderr {
-        write_outcome(&mut std::io::stderr().lock(), outcome, args, kind, procs)
+        write_outcome(
+            &mut std::io::stderr().lock(),
+            outcome,
+            args,
+            workload,
+            procs,
+        )
     } else {
-        write_outcome(&mut std::io::stdout().lock(), outcome, args, kind, procs)
+        write_outcome(
+            &mut std::io::stdout().lock(),
+            outcome,
+            args,
+            workload,
+            procs,
+        )
     };
     match written {
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -328,7 +369,7 @@ fn write_outcome(
     out: &mut impl Write,
     outcome: &Outcome,
     args: &PoolArgs,
-    kind: Kind,
+    workload: &Registration,
     procs: usize,
 ) -> std::io::Result<()> {
     let report = &outcome.report;
@@ -340,7 +381,7 @@ fn write_outcome(
     }
     if args.json {
         let mut object = json!({
-            "workload": kind.name(),
+            "workload": workload.name,
             "procs": procs,
             "start": format!("{:?}", args.start).to_lowercase(),
             "prefetch": args.prefetch,
@@ -354,7 +395,7 @@ fn write_outcome(
         return writeln!(out, "{object}");
     }
     if let Some(summary) = &outcome.summary {
-        writeln!(out, "{}: {}", kind.name(), summary.headline)?;
+        writeln!(out, "{}: {}", workload.name, summary.headline)?;
     }
     writeln!(
         out,

@@ -1,16 +1,20 @@
 //! The worker side of the built-in workloads: `procpool worker <workload>`, or the
 //! body of a forked worker.
 
-use crate::workloads::Kind;
+use crate::workloads::{Registration, WorkerSide};
 
-/// Serves tasks of `kind` on stdin/stdout until `stop`; returns the exit code.
-pub fn serve_builtin(kind: Kind) -> i32 {
-    let mut run_task = match kind.worker() {
+/// Serves tasks of `workload` on stdin/stdout until `stop`; returns the exit code.
+pub fn serve_builtin(workload: &Registration) -> i32 {
+    let started = match &workload.worker {
+        WorkerSide::Builtin(start) => start(),
+        WorkerSide::ChildOnly { usage } => Err(usage.to_string()),
+    };
+    let mut run_task = match started {
         Ok(run_task) => run_task,
         Err(err) => {
             eprintln!(
                 "procpool worker: cannot start a {} worker: {err}",
-                kind.name()
+                workload.name
             );
             return 1;
         }

@@ -29,7 +29,7 @@ use procpool_supervisor::{ExitStatus, PoolReport, TaskOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Job, Summary};
+use super::{Summary, TypedHandler, Workload};
 use crate::gen::{self, ArrayArgs};
 
 /// Options of `procpool run colmeans`.
@@ -45,14 +45,14 @@ pub struct Args {
     #[arg(long, requires_all = ["file", "cols"], value_parser = gen::parse_dtype)]
     pub dtype: Option<DType>,
     /// Columns of the raw file (with --dtype).
-    #[arg(long, requires = "dtype", value_parser = crate::cli::parse_count)]
+    #[arg(long, requires = "dtype", value_parser = crate::parse::count)]
     pub cols: Option<u64>,
     /// The raw file is column-major (with --dtype).
     #[arg(long, requires = "dtype")]
     pub fortran: bool,
     /// Rows per task [default: tiles of about 1/8 of the data per worker, 1 to 64 MiB].
     /// Fortran order: the same number of elements per task, as column (or row) ranges.
-    #[arg(long, value_parser = crate::cli::parse_count)]
+    #[arg(long, value_parser = crate::parse::count)]
     pub chunk_rows: Option<u64>,
     /// Write the means to this .npy file (1-D, f8).
     #[arg(long)]
@@ -65,11 +65,11 @@ pub struct Args {
     pub drop_cache: bool,
     /// Rows of the generated dataset (without --file).
     #[arg(long, default_value = "4194304", conflicts_with = "file",
-          value_parser = crate::cli::parse_count)]
+          value_parser = crate::parse::count)]
     pub gen_rows: u64,
     /// Columns of the generated dataset (without --file).
     #[arg(long, default_value = "8", conflicts_with = "file",
-          value_parser = crate::cli::parse_count)]
+          value_parser = crate::parse::count)]
     pub gen_cols: u64,
     /// Sleep this long in each task after mapping the tile and before reading it
     /// (for tests that change the file mid-run).
@@ -182,11 +182,15 @@ struct Tile {
     cols: (usize, usize),
 }
 
-/// Splits the array into tiles of about `elements` elements.
-fn plan(source: &Source, elements: usize) -> Vec<Tile> {
+/// Splits the array into tiles of about `elements` elements. An array of 0 columns
+/// has no tiles: its means are the empty array, as numpy's are.
+fn tiles_of(source: &Source, elements: usize) -> Vec<Tile> {
     let (rows, cols) = (source.rows, source.cols);
     let elements = elements.max(1);
     let mut tiles = Vec::new();
+    if cols == 0 {
+        return tiles;
+    }
     if !source.by_columns() {
         let step = (elements / cols).max(1);
         for lo in (0..rows).step_by(step) {
@@ -218,7 +222,7 @@ fn plan(source: &Source, elements: usize) -> Vec<Tile> {
 
 /// A task: where the tile is, never the data.
 #[derive(Debug, Serialize, Deserialize)]
-struct Input {
+pub struct Input {
     path: PathBuf,
     /// Byte offset of element (0, 0).
     offset: u64,
@@ -237,14 +241,14 @@ struct Input {
 /// A task's answer: the tile's per-column sums (non-finite ones as strings, which JSON
 /// numbers cannot hold) and the worker's peak resident memory so far.
 #[derive(Debug, Serialize, Deserialize)]
-struct Output {
+pub struct Output {
     rows: (usize, usize),
     cols: (usize, usize),
     sums: Vec<Value>,
     peak_rss_kib: u64,
 }
 
-/// The supervisor side.
+/// Plans tiles of the file, adds up their sums.
 pub struct Colmeans {
     source: Source,
     tiles: Vec<Tile>,
@@ -259,37 +263,6 @@ pub struct Colmeans {
 }
 
 impl Colmeans {
-    pub fn new(args: &Args, procs: usize) -> Result<Colmeans> {
-        let generated = match &args.file {
-            Some(_) => None,
-            None => Some(generate(args)?),
-        };
-        let path = match (&args.file, &generated) {
-            (Some(path), _) => path.clone(),
-            // The same descriptor number in the workers, which inherit it.
-            (None, Some((file, _))) => format!("/proc/self/fd/{}", file.as_raw_fd()).into(),
-            (None, None) => unreachable!("generated above"),
-        };
-        let source = Source::open(args, &path)?;
-        let elements = match args.chunk_rows {
-            Some(0) => bail!("--chunk-rows must be at least 1"),
-            Some(rows) => (rows as usize).saturating_mul(source.cols),
-            None => default_tile_elements(&source, procs),
-        };
-        let tiles = plan(&source, elements);
-        Ok(Colmeans {
-            sums: vec![Neumaier::default(); source.cols],
-            counted: vec![0; source.cols],
-            source,
-            tiles,
-            next: 0,
-            peak_rss_kib: 0,
-            failed_tiles: 0,
-            args: args.clone(),
-            generated,
-        })
-    }
-
     fn means(&self) -> Vec<f64> {
         self.sums
             .iter()
@@ -354,7 +327,45 @@ fn unnamed_file(dir: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-impl Job for Colmeans {
+impl Workload for Colmeans {
+    const NAME: &'static str = "colmeans";
+    const ABOUT: &'static str =
+        "Column means of a .npy or raw file larger than memory, one tile of rows per task";
+    type Args = Args;
+    type Input = Input;
+    type Output = Output;
+
+    fn plan(args: &Args, procs: usize) -> Result<Colmeans> {
+        let generated = match &args.file {
+            Some(_) => None,
+            None => Some(generate(args)?),
+        };
+        let path = match (&args.file, &generated) {
+            (Some(path), _) => path.clone(),
+            // The same descriptor number in the workers, which inherit it.
+            (None, Some((file, _))) => format!("/proc/self/fd/{}", file.as_raw_fd()).into(),
+            (None, None) => unreachable!("generated above"),
+        };
+        let source = Source::open(args, &path)?;
+        let elements = match args.chunk_rows {
+            Some(0) => bail!("--chunk-rows must be at least 1"),
+            Some(rows) => (rows as usize).saturating_mul(source.cols),
+            None => default_tile_elements(&source, procs),
+        };
+        let tiles = tiles_of(&source, elements);
+        Ok(Colmeans {
+            sums: vec![Neumaier::default(); source.cols],
+            counted: vec![0; source.cols],
+            source,
+            tiles,
+            next: 0,
+            peak_rss_kib: 0,
+            failed_tiles: 0,
+            args: args.clone(),
+            generated,
+        })
+    }
+
     fn inherited_fds(&self) -> Vec<RawFd> {
         self.generated
             .iter()
@@ -362,11 +373,11 @@ impl Job for Colmeans {
             .collect()
     }
 
-    fn next_task(&mut self) -> Option<Result<Value>> {
+    fn next_input(&mut self) -> Option<Result<Input>> {
         let tile = *self.tiles.get(self.next)?;
         self.next += 1;
         let source = &self.source;
-        Some(Ok(json!(Input {
+        Some(Ok(Input {
             path: source.path.clone(),
             offset: source.offset,
             dtype: source.dtype.descr(),
@@ -376,21 +387,33 @@ impl Job for Colmeans {
             cols: tile.cols,
             drop_cache: self.args.drop_cache,
             delay_ms: self.args.task_delay_ms,
-        })))
+        }))
     }
 
-    fn reduce(&mut self, _id: TaskId, output: Value) -> Result<()> {
-        let output: Output = serde_json::from_value(output)
-            .context("a colmeans task answered something that is not its output")?;
-        let (c0, c1) = output.cols;
-        ensure!(
-            c1 <= self.source.cols && c1 - c0 == output.sums.len(),
-            "a colmeans task answered {} sums for columns {c0}..{c1}",
-            output.sums.len()
-        );
-        for (column, sum) in (c0..c1).zip(&output.sums) {
-            self.sums[column].add(number(sum)?);
-            self.counted[column] += (output.rows.1 - output.rows.0) as u64;
+    fn reduce(&mut self, _id: TaskId, output: Output) -> Result<(), String> {
+        let ((r0, r1), (c0, c1)) = (output.rows, output.cols);
+        if !(r0 <= r1 && r1 <= self.source.rows && c0 <= c1 && c1 <= self.source.cols) {
+            return Err(format!(
+                "a tile of rows {r0}..{r1} × columns {c0}..{c1}, outside the {}x{} array",
+                self.source.rows, self.source.cols
+            ));
+        }
+        if c1 - c0 != output.sums.len() {
+            return Err(format!(
+                "{} sums for the {} columns {c0}..{c1}",
+                output.sums.len(),
+                c1 - c0
+            ));
+        }
+        let sums: Vec<f64> = output
+            .sums
+            .iter()
+            .map(number)
+            .collect::<Result<_>>()
+            .map_err(|err| format!("{err:#}"))?;
+        for (column, sum) in (c0..c1).zip(sums) {
+            self.sums[column].add(sum);
+            self.counted[column] = self.counted[column].saturating_add((r1 - r0) as u64);
         }
         self.peak_rss_kib = self.peak_rss_kib.max(output.peak_rss_kib);
         Ok(())
@@ -430,7 +453,7 @@ impl Job for Colmeans {
         Some(self.tiles.len() as u64)
     }
 
-    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+    fn summary(self, report: &PoolReport) -> Result<Summary> {
         let source = &self.source;
         if self.failed_tiles > 0 || self.counted.iter().any(|&n| n != source.rows as u64) {
             return Ok(Summary::new(
@@ -508,6 +531,10 @@ impl Job for Colmeans {
                 "out": self.args.out,
             }),
         ))
+    }
+
+    fn worker() -> Result<TypedHandler<Colmeans>, String> {
+        Ok(Box::new(run_task))
     }
 }
 
@@ -606,17 +633,14 @@ const BLOCK_ROWS: usize = 128;
 const RELEASE_EVERY: usize = 4 << 20;
 
 /// One task, in a worker: maps the tile, sums its columns, releases its pages.
-pub fn run_task(input: &Value) -> Result<Value, String> {
-    let input: Input = serde_json::from_value(input.clone())
-        .map_err(|err| format!("colmeans task input {input}: {err}"))?;
+fn run_task(input: Input) -> Result<Output, String> {
     let sums = tile_sums(&input).map_err(|err| format!("{err:#}"))?;
-    let output = Output {
+    Ok(Output {
         rows: input.rows,
         cols: input.cols,
         sums: sums.into_iter().map(to_json).collect(),
         peak_rss_kib: peak_rss_kib(),
-    };
-    serde_json::to_value(output).map_err(|err| err.to_string())
+    })
 }
 
 fn tile_sums(input: &Input) -> Result<Vec<f64>> {
@@ -892,7 +916,7 @@ mod tests {
                 file_len: 0,
             };
             let mut seen = vec![0u32; rows * cols];
-            for tile in plan(&source, elements) {
+            for tile in tiles_of(&source, elements) {
                 for r in tile.rows.0..tile.rows.1 {
                     for c in tile.cols.0..tile.cols.1 {
                         seen[r * cols + c] += 1;

@@ -7,9 +7,9 @@ use anyhow::{ensure, Result};
 use procpool_child::TaskId;
 use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{Job, Summary};
+use super::{Ignored, Summary, TypedHandler, Workload};
 
 /// How a failing task fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub every: u64,
     /// How many tasks.
-    #[arg(long, default_value = "100", value_parser = crate::cli::parse_count)]
+    #[arg(long, default_value = "100", value_parser = crate::parse::count)]
     pub tasks: u64,
     /// Milliseconds of work (sleep) in every task, so kills land mid-task.
     #[arg(long, default_value_t = 10)]
@@ -51,30 +51,36 @@ pub struct Args {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Input {
+pub struct Input {
     index: u64,
     fail: Option<Mode>,
     task_ms: u64,
 }
 
-/// The supervisor side: plans which tasks fail; the run report counts what came back.
+/// Plans which tasks fail; the run report counts what came back.
 pub struct Crash {
     args: Args,
     next: u64,
 }
 
-impl Crash {
-    pub fn new(args: &Args) -> Result<Crash> {
+impl Workload for Crash {
+    const NAME: &'static str = "crash";
+    const ABOUT: &'static str =
+        "Fail every K-th task for real (segv, abort, panic, exit, kill, hang, oom, error)";
+    type Args = Args;
+    type Input = Input;
+    /// Only counted: the report is what this workload shows.
+    type Output = Ignored;
+
+    fn plan(args: &Args, _procs: usize) -> Result<Crash> {
         ensure!(args.task_ms <= 3_600_000, "--task-ms is at most an hour");
         Ok(Crash {
             args: args.clone(),
             next: 0,
         })
     }
-}
 
-impl Job for Crash {
-    fn next_task(&mut self) -> Option<Result<Value>> {
+    fn next_input(&mut self) -> Option<Result<Input>> {
         if self.next >= self.args.tasks {
             return None;
         }
@@ -83,14 +89,14 @@ impl Job for Crash {
         let fail = (index + 1)
             .is_multiple_of(self.args.every)
             .then_some(self.args.mode);
-        Some(Ok(json!(Input {
+        Some(Ok(Input {
             index,
             fail,
-            task_ms: self.args.task_ms
-        })))
+            task_ms: self.args.task_ms,
+        }))
     }
 
-    fn reduce(&mut self, _id: TaskId, _output: Value) -> Result<()> {
+    fn reduce(&mut self, _id: TaskId, _output: Ignored) -> Result<(), String> {
         Ok(())
     }
 
@@ -98,7 +104,7 @@ impl Job for Crash {
         Some(self.args.tasks)
     }
 
-    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+    fn summary(self, report: &PoolReport) -> Result<Summary> {
         let planned = self.args.tasks / self.args.every;
         let (ok, errors, failed) = (report.tasks_ok, report.tasks_error, report.tasks_failed);
         Ok(Summary::new(
@@ -110,18 +116,21 @@ impl Job for Crash {
                    "planned_failures": planned, "mode": self.args.mode}),
         ))
     }
+
+    fn worker() -> Result<TypedHandler<Crash>, String> {
+        Ok(Box::new(run_task))
+    }
 }
 
-pub fn run_task(input: &Value) -> Result<Value, String> {
+fn run_task(input: Input) -> Result<Ignored, String> {
     let Input {
         index,
         fail,
         task_ms,
-    } = serde_json::from_value(input.clone())
-        .map_err(|err| format!("crash task input {input}: {err}"))?;
+    } = input;
     std::thread::sleep(Duration::from_millis(task_ms));
     match fail {
-        None => Ok(json!(index)),
+        None => Ok(Ignored),
         Some(Mode::Segv) => procpool_shm::fault::segfault(),
         Some(Mode::Abort) => std::process::abort(),
         Some(Mode::Panic) => panic!("task {index} panics, as asked"),

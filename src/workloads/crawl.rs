@@ -15,9 +15,9 @@ use anyhow::{ensure, Context, Result};
 use procpool_child::TaskId;
 use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{Job, Summary, TaskHandler};
+use super::{Summary, TypedHandler, Workload};
 use crate::site::SiteServer;
 
 /// Options of `procpool run crawl`.
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pages: u64,
     /// Give up on a request after this many seconds.
-    #[arg(long, default_value = "10", value_parser = crate::cli::parse_seconds)]
+    #[arg(long, default_value = "10", value_parser = crate::parse::seconds)]
     pub timeout: Duration,
     /// Follow links to any host, not only to the hosts (and ports) of the seed URLs.
     #[arg(long)]
@@ -53,7 +53,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Input {
+pub struct Input {
     url: String,
     #[serde(default)]
     timeout_ms: Option<u64>,
@@ -61,7 +61,7 @@ struct Input {
 
 /// What a worker answers for one page.
 #[derive(Debug, Serialize, Deserialize)]
-struct Output {
+pub struct Output {
     url: String,
     status: u16,
     /// Words of the page's visible text.
@@ -73,7 +73,7 @@ struct Output {
     links: Vec<String>,
 }
 
-/// The supervisor side: the frontier, the visited set, and the running totals.
+/// The frontier, the visited set, and the running totals.
 pub struct Crawl {
     frontier: VecDeque<String>,
     /// Every URL ever queued, normalised (or as written, when it does not parse).
@@ -91,34 +91,6 @@ pub struct Crawl {
 }
 
 impl Crawl {
-    pub fn new(args: &Args) -> Result<Crawl> {
-        ensure!(!args.timeout.is_zero(), "--timeout must be more than 0");
-        let (seeds, site) = match &args.urls {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --urls {}", path.display()))?;
-                let seeds: Vec<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                    .map(String::from)
-                    .collect();
-                ensure!(!seeds.is_empty(), "{} holds no URLs", path.display());
-                (seeds, None)
-            }
-            None => {
-                let site = SiteServer::start(
-                    args.site_pages,
-                    args.site_seed,
-                    args.delay_ms,
-                    args.site_broken,
-                )?;
-                (vec![site.front.clone()], Some(site))
-            }
-        };
-        Ok(Crawl::with_seeds(seeds, args, site))
-    }
-
     fn with_seeds(seeds: Vec<String>, args: &Args, site: Option<SiteServer>) -> Crawl {
         let hosts = (!args.any_host).then(|| {
             seeds
@@ -162,19 +134,65 @@ impl Crawl {
     }
 }
 
-impl Job for Crawl {
-    fn next_task(&mut self) -> Option<Result<Value>> {
-        let url = self.frontier.pop_front()?;
-        self.queued += 1;
-        Some(Ok(json!(Input {
-            url,
-            timeout_ms: Some(self.timeout.as_millis() as u64),
-        })))
+impl Workload for Crawl {
+    const NAME: &'static str = "crawl";
+    const ABOUT: &'static str =
+        "Fetch pages and count their words, following links breadth-first (http:// only)";
+    type Args = Args;
+    type Input = Input;
+    type Output = Output;
+
+    fn plan(args: &Args, _procs: usize) -> Result<Crawl> {
+        ensure!(!args.timeout.is_zero(), "--timeout must be more than 0");
+        let (seeds, site) = match &args.urls {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --urls {}", path.display()))?;
+                let seeds: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(String::from)
+                    .collect();
+                ensure!(!seeds.is_empty(), "{} holds no URLs", path.display());
+                (seeds, None)
+            }
+            None => {
+                let site = SiteServer::start(
+                    args.site_pages,
+                    args.site_seed,
+                    args.delay_ms,
+                    args.site_broken,
+                )?;
+                (vec![site.front.clone()], Some(site))
+            }
+        };
+        Ok(Crawl::with_seeds(seeds, args, site))
     }
 
-    fn reduce(&mut self, _id: TaskId, output: Value) -> Result<()> {
-        let page: Output = serde_json::from_value(output.clone())
-            .with_context(|| format!("a crawl task answered {output}, not a page"))?;
+    fn next_input(&mut self) -> Option<Result<Input>> {
+        let url = self.frontier.pop_front()?;
+        self.queued += 1;
+        Some(Ok(Input {
+            url,
+            timeout_ms: Some(self.timeout.as_millis() as u64),
+        }))
+    }
+
+    fn reduce(&mut self, _id: TaskId, page: Output) -> Result<(), String> {
+        // Every total is checked before any is changed, so a rejected page adds nothing.
+        let overflows = |total: u64, count: u64| total.checked_add(count).is_none();
+        if overflows(self.words, page.words)
+            || page
+                .counts
+                .iter()
+                .any(|(word, &count)| overflows(self.counts.get(word).copied().unwrap_or(0), count))
+        {
+            return Err(format!(
+                "{} words on {}: the word totals would overflow",
+                page.words, page.url
+            ));
+        }
         self.pages += 1;
         self.words += page.words;
         for (word, count) in page.counts {
@@ -198,7 +216,7 @@ impl Job for Crawl {
         Ok(())
     }
 
-    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+    fn summary(self, report: &PoolReport) -> Result<Summary> {
         // Failed pages are the tasks that errored or were quarantined.
         let errors = report.tasks_error + report.tasks_failed;
         let rate = self.pages as f64 / report.wall.as_secs_f64().max(1e-9);
@@ -231,13 +249,17 @@ impl Job for Crawl {
             }),
         ))
     }
+
+    fn worker() -> Result<TypedHandler<Crawl>, String> {
+        worker_side()
+    }
 }
 
 /// Bodies larger than this fail the task instead of filling a worker's memory.
 const MAX_BODY: u64 = 16 << 20;
 
-/// The worker side: one HTTP agent per worker, one page per task.
-pub fn worker() -> Result<TaskHandler, String> {
+/// One HTTP agent per worker, one page per task.
+fn worker_side() -> Result<TypedHandler<Crawl>, String> {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         // A connection per request. Kept-alive connections to the demo site (tiny_http)
@@ -248,11 +270,8 @@ pub fn worker() -> Result<TaskHandler, String> {
         .timeout_global(Some(Duration::from_secs(10)))
         .build();
     let agent = ureq::Agent::new_with_config(config);
-    Ok(Box::new(move |input| {
-        let Input { url, timeout_ms } = serde_json::from_value(input.clone())
-            .map_err(|err| format!("crawl task input {input}: {err}"))?;
-        let page = fetch(&agent, &url, timeout_ms.map(Duration::from_millis))?;
-        Ok(json!(page))
+    Ok(Box::new(move |Input { url, timeout_ms }| {
+        fetch(&agent, &url, timeout_ms.map(Duration::from_millis))
     }))
 }
 

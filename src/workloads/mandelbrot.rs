@@ -11,9 +11,9 @@ use procpool_child::{TaskId, WorkerEnv};
 use procpool_shm::{Element, SharedArray};
 use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{Job, SharedArrayUse, Summary, TaskHandler};
+use super::{SharedArrayUse, Summary, TypedHandler, Workload};
 
 /// Options of `procpool run mandelbrot`.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,13 +77,13 @@ impl View {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Input {
+pub struct Input {
     view: View,
     lo: usize,
     hi: usize,
 }
 
-/// The supervisor side: hands out row blocks, sums the checksums, writes the PNG.
+/// Hands out row blocks, sums the checksums, writes the PNG.
 pub struct Mandelbrot {
     view: View,
     rows_per_task: usize,
@@ -93,8 +93,15 @@ pub struct Mandelbrot {
     out: Option<PathBuf>,
 }
 
-impl Mandelbrot {
-    pub fn new(args: &Args) -> Result<Mandelbrot> {
+impl Workload for Mandelbrot {
+    const NAME: &'static str = "mandelbrot";
+    const ABOUT: &'static str = "Draw the Mandelbrot set into a shared image, a few rows per task";
+    type Args = Args;
+    type Input = Input;
+    /// The block's checksum.
+    type Output = u64;
+
+    fn plan(args: &Args, _procs: usize) -> Result<Mandelbrot> {
         ensure!(
             args.width > 0 && args.height > 0,
             "--width and --height must be at least 1"
@@ -114,27 +121,33 @@ impl Mandelbrot {
             out: args.out.clone(),
         })
     }
-}
 
-impl Job for Mandelbrot {
-    fn next_task(&mut self) -> Option<Result<Value>> {
+    fn next_input(&mut self) -> Option<Result<Input>> {
         if self.next_row >= self.view.height {
             return None;
         }
         let lo = self.next_row;
         let hi = (lo + self.rows_per_task).min(self.view.height);
         self.next_row = hi;
-        Some(Ok(json!(Input {
+        Some(Ok(Input {
             view: self.view,
             lo,
-            hi
-        })))
+            hi,
+        }))
     }
 
-    fn reduce(&mut self, _id: TaskId, output: Value) -> Result<()> {
-        self.checksum += output
-            .as_u64()
-            .with_context(|| format!("a mandelbrot task answered {output}, not a checksum"))?;
+    fn reduce(&mut self, _id: TaskId, checksum: u64) -> Result<(), String> {
+        // A block's escape times are at most max_iter per pixel.
+        let most = (self.rows_per_task as u64)
+            .saturating_mul(self.view.width as u64)
+            .saturating_mul(u64::from(self.view.max_iter));
+        self.checksum = self
+            .checksum
+            .checked_add(checksum)
+            .filter(|_| checksum <= most)
+            .ok_or_else(|| {
+                format!("a checksum of {checksum}, more than a block of rows can sum to ({most})")
+            })?;
         Ok(())
     }
 
@@ -146,7 +159,7 @@ impl Job for Mandelbrot {
         vec![SharedArrayUse::writable("image", &self.image)]
     }
 
-    fn summary(self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
+    fn summary(self, _report: &PoolReport) -> Result<Summary> {
         let View {
             width,
             height,
@@ -166,20 +179,17 @@ impl Job for Mandelbrot {
                    "checksum": self.checksum, "out": self.out}),
         ))
     }
+
+    fn worker() -> Result<TypedHandler<Mandelbrot>, String> {
+        worker_side()
+    }
 }
 
-/// Sum of all escape times: what tests compare with a serial computation.
-pub fn checksum(iterations: &[i32]) -> u64 {
-    iterations.iter().map(|&n| n as u64).sum()
-}
-
-/// The worker side: maps the image, fills row blocks, answers their checksum.
-pub fn worker() -> Result<TaskHandler, String> {
+/// Maps the image, fills row blocks, answers their checksum.
+fn worker_side() -> Result<TypedHandler<Mandelbrot>, String> {
     let env = WorkerEnv::from_env().map_err(|err| err.to_string())?;
     let mut image = env.open_array("image")?;
-    Ok(Box::new(move |input| {
-        let Input { view, lo, hi } = serde_json::from_value(input.clone())
-            .map_err(|err| format!("mandelbrot task input {input}: {err}"))?;
+    Ok(Box::new(move |Input { view, lo, hi }| {
         if image.shape() != [view.height, view.width] {
             return Err(format!(
                 "the shared image is {:?}, the task draws {}x{}",
@@ -192,8 +202,13 @@ pub fn worker() -> Result<TaskHandler, String> {
             .rows_mut::<i32>(lo..hi)
             .map_err(|err| err.to_string())?;
         view.rows(lo, hi, rows);
-        Ok(json!(checksum(rows)))
+        Ok(checksum(rows))
     }))
+}
+
+/// Sum of all escape times: what tests compare with a serial computation.
+pub fn checksum(iterations: &[i32]) -> u64 {
+    iterations.iter().map(|&n| n as u64).sum()
 }
 
 /// Colours escape times with a smooth palette (deep blue → white → orange → black

@@ -15,7 +15,7 @@ use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Job, SharedArrayUse, Summary, TaskHandler};
+use super::{SharedArrayUse, Summary, TypedHandler, Workload};
 use crate::splitmix::SplitMix64;
 
 /// Options of `procpool run matmul`.
@@ -46,7 +46,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Input {
+pub struct Input {
     lo: usize,
     hi: usize,
 }
@@ -56,7 +56,7 @@ struct Input {
 /// kernel. A worker may also answer the bare row count.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-enum Output {
+pub enum Output {
     Timed {
         rows: u64,
         #[serde(default)]
@@ -74,7 +74,7 @@ struct TaskSeconds {
     kernel: f64,
 }
 
-/// The supervisor side: holds the shared matrices and hands out row blocks.
+/// Holds the shared matrices and hands out row blocks.
 pub struct Matmul {
     a: SharedArray,
     b: SharedArray,
@@ -89,45 +89,15 @@ pub struct Matmul {
 }
 
 impl Matmul {
-    pub fn new(args: &Args, procs: usize) -> Result<Matmul> {
-        let started = Instant::now();
-        let (a, b) = match (&args.a, &args.b) {
-            (Some(a), Some(b)) => (load("a", a)?, load("b", b)?),
-            _ => {
-                ensure!(args.n > 0, "--n must be at least 1");
-                let n = args.n;
-                (
-                    generated("a", n, n, args.seed)?,
-                    generated("b", n, n, args.seed.wrapping_add(1))?,
-                )
-            }
-        };
-        let (m, k) = (a.shape()[0], a.shape()[1]);
-        let (k2, n) = (b.shape()[0], b.shape()[1]);
-        ensure!(
-            k == k2,
-            "cannot multiply A ({m}x{k}) by B ({k2}x{n}): A's columns must equal B's rows"
-        );
-        let c = SharedArray::create("c", f64::DTYPE, &[m, n])?;
-        let block = match args.block {
-            Some(0) => bail!("--block must be at least 1 row"),
-            Some(block) => block,
-            None => (m / (procs * 2)).clamp(16, 512),
-        };
-        Ok(Matmul {
-            a,
-            b,
-            c,
-            block,
-            next_row: 0,
-            rows_done: 0,
-            task_seconds: Some(TaskSeconds {
-                prefault: Some(0.0),
-                kernel: 0.0,
-            }),
-            args: args.clone(),
-            prepared_in: started.elapsed().as_secs_f64(),
-        })
+    /// A task writes one block of rows at most.
+    fn check_rows(&self, rows: u64) -> Result<(), String> {
+        match rows <= self.block as u64 {
+            true => Ok(()),
+            false => Err(format!(
+                "{rows} rows written, more than a task's block of {}",
+                self.block
+            )),
+        }
     }
 
     /// Checks C = A·B without recomputing it: for random vectors x, C·x must equal
@@ -192,8 +162,55 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
     x.iter().zip(y).map(|(a, b)| a * b).sum()
 }
 
-impl Job for Matmul {
-    fn next_task(&mut self) -> Option<Result<Value>> {
+impl Workload for Matmul {
+    const NAME: &'static str = "matmul";
+    const ABOUT: &'static str = "Multiply matrices in shared memory, one row block of C per task";
+    type Args = Args;
+    type Input = Input;
+    type Output = Output;
+
+    fn plan(args: &Args, procs: usize) -> Result<Matmul> {
+        let started = Instant::now();
+        let (a, b) = match (&args.a, &args.b) {
+            (Some(a), Some(b)) => (load("a", a)?, load("b", b)?),
+            _ => {
+                ensure!(args.n > 0, "--n must be at least 1");
+                let n = args.n;
+                (
+                    generated("a", n, n, args.seed)?,
+                    generated("b", n, n, args.seed.wrapping_add(1))?,
+                )
+            }
+        };
+        let (m, k) = (a.shape()[0], a.shape()[1]);
+        let (k2, n) = (b.shape()[0], b.shape()[1]);
+        ensure!(
+            k == k2,
+            "cannot multiply A ({m}x{k}) by B ({k2}x{n}): A's columns must equal B's rows"
+        );
+        let c = SharedArray::create("c", f64::DTYPE, &[m, n])?;
+        let block = match args.block {
+            Some(0) => bail!("--block must be at least 1 row"),
+            Some(block) => block,
+            None => (m / (procs * 2)).clamp(16, 512),
+        };
+        Ok(Matmul {
+            a,
+            b,
+            c,
+            block,
+            next_row: 0,
+            rows_done: 0,
+            task_seconds: Some(TaskSeconds {
+                prefault: Some(0.0),
+                kernel: 0.0,
+            }),
+            args: args.clone(),
+            prepared_in: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn next_input(&mut self) -> Option<Result<Input>> {
         let rows = self.a.shape()[0];
         if self.next_row >= rows {
             return None;
@@ -201,23 +218,22 @@ impl Job for Matmul {
         let lo = self.next_row;
         let hi = (lo + self.block).min(rows);
         self.next_row = hi;
-        Some(Ok(json!(Input { lo, hi })))
+        Some(Ok(Input { lo, hi }))
     }
 
-    fn reduce(&mut self, _id: TaskId, output: Value) -> Result<()> {
-        let answer = Output::deserialize(&output).with_context(|| {
-            format!("a matmul task answered {output}, not a row count or {{\"rows\": R, ...}}")
-        })?;
+    fn reduce(&mut self, _id: TaskId, answer: Output) -> Result<(), String> {
         let rows = match answer {
             Output::Timed {
                 rows,
                 prefault_s,
                 kernel_s,
             } => {
-                ensure!(
-                    kernel_s >= 0.0 && prefault_s.is_none_or(|seconds| seconds >= 0.0),
-                    "a matmul task answered {output}: seconds cannot be negative"
-                );
+                if !(kernel_s >= 0.0 && prefault_s.is_none_or(|seconds| seconds >= 0.0)) {
+                    return Err(format!(
+                        "kernel_s {kernel_s}, prefault_s {prefault_s:?}: seconds cannot be negative"
+                    ));
+                }
+                self.check_rows(rows)?;
                 self.task_seconds = self.task_seconds.map(|total| TaskSeconds {
                     prefault: total.prefault.zip(prefault_s).map(|(sum, s)| sum + s),
                     kernel: total.kernel + kernel_s,
@@ -225,10 +241,12 @@ impl Job for Matmul {
                 rows
             }
             Output::Rows(rows) => {
+                self.check_rows(rows)?;
                 self.task_seconds = None;
                 rows
             }
         };
+        // At most one block each, so the sum of all is bounded by the tasks' count.
         self.rows_done += rows as usize;
         Ok(())
     }
@@ -245,7 +263,7 @@ impl Job for Matmul {
         ]
     }
 
-    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+    fn summary(self, report: &PoolReport) -> Result<Summary> {
         let (m, k, n) = (self.a.shape()[0], self.a.shape()[1], self.b.shape()[1]);
         ensure!(
             self.rows_done == m,
@@ -301,19 +319,21 @@ impl Job for Matmul {
             }),
         ))
     }
+
+    fn worker() -> Result<TypedHandler<Matmul>, String> {
+        worker_side()
+    }
 }
 
-/// The worker side: maps A, B and C once, then fills row blocks of C.
-pub fn worker() -> Result<TaskHandler, String> {
+/// Maps A, B and C once, then fills row blocks of C.
+fn worker_side() -> Result<TypedHandler<Matmul>, String> {
     let env = WorkerEnv::from_env().map_err(|err| err.to_string())?;
     let a = env.open_array("a")?;
     let b = env.open_array("b")?;
     let mut c = env.open_array("c")?;
     let (k, n) = (b.shape()[0], b.shape()[1]);
     let mut b_mapped = false;
-    Ok(Box::new(move |input| {
-        let Input { lo, hi } = serde_json::from_value(input.clone())
-            .map_err(|err| format!("matmul task input {input}: {err}"))?;
+    Ok(Box::new(move |Input { lo, hi }| {
         let started = Instant::now();
         // Map this block's pages of C (fresh, so also allocated) and of A, and all of
         // B for the first task, up front, so that the kernel's time below is its own.
@@ -328,11 +348,11 @@ pub fn worker() -> Result<TaskHandler, String> {
         let b_all = b.as_slice::<f64>().map_err(|err| err.to_string())?;
         let c_rows = c.rows_mut::<f64>(lo..hi).map_err(|err| err.to_string())?;
         matmul_into(a_rows, b_all, c_rows, hi - lo, k, n).map_err(|err| err.to_string())?;
-        Ok(json!(Output::Timed {
+        Ok(Output::Timed {
             rows: (hi - lo) as u64,
             prefault_s: Some((prefaulted - started).as_secs_f64()),
             kernel_s: prefaulted.elapsed().as_secs_f64(),
-        }))
+        })
     }))
 }
 

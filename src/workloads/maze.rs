@@ -16,9 +16,9 @@ use procpool_child::{TaskId, WorkerEnv};
 use procpool_shm::{Element, SharedArray};
 use procpool_supervisor::{PoolReport, TaskOutcome};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{Job, SharedArrayUse, Summary, TaskHandler};
+use super::{SharedArrayUse, Summary, TypedHandler, Workload};
 use crate::splitmix::SplitMix64;
 
 /// Options of `procpool run maze`.
@@ -143,11 +143,21 @@ impl Maze {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-enum Input {
+pub enum Input {
     /// Generate and solve one maze.
     Solve { size: usize, seed: u64, braid: f64 },
     /// Expand frontier cells `lo..hi` of BFS level `level`.
     Expand { level: i32, lo: usize, hi: usize },
+}
+
+/// What a task found.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Output {
+    /// The maze of `seed` and its shortest path, if it has one.
+    Solved { seed: u64, length: Option<u32> },
+    /// `found` cells claimed, in the next frontier's slots of the slice from `lo`.
+    Expanded { lo: usize, found: usize },
 }
 
 /// Each newly reached cell has at most three unvisited neighbours (it came from the
@@ -155,29 +165,10 @@ enum Input {
 /// `3i..3i + 3` of the next frontier, and tasks write disjoint ranges.
 const SLOTS_PER_CELL: usize = 3;
 
-/// The supervisor side of `procpool run maze`.
+/// Many mazes, or one big one.
 pub enum MazeJob {
     Many(ManyMazes),
     Big(Box<BigMaze>),
-}
-
-impl MazeJob {
-    pub fn new(args: &Args, procs: usize) -> Result<MazeJob> {
-        ensure!(
-            (0.0..=1.0).contains(&args.braid),
-            "--braid is a fraction between 0 and 1, not {}",
-            args.braid
-        );
-        Ok(if args.big {
-            MazeJob::Big(Box::new(BigMaze::new(args, procs)?))
-        } else {
-            MazeJob::Many(ManyMazes {
-                args: args.clone(),
-                next: 0,
-                lengths: vec![None; args.mazes as usize],
-            })
-        })
-    }
 }
 
 /// Many independent mazes, one per task.
@@ -196,9 +187,11 @@ pub struct BigMaze {
     frontier: SharedArray,
     next_frontier: SharedArray,
     frontier_len: usize,
+    /// Frontier cells per task in this level: tasks start at multiples of it.
+    per_task: usize,
     level: i32,
     /// Tasks of the current level not yet handed out, and those out.
-    waiting: VecDeque<Value>,
+    waiting: VecDeque<Input>,
     out: usize,
     /// `(lo, cells found)` per finished task of the current level.
     found: Vec<(usize, usize)>,
@@ -234,6 +227,7 @@ impl BigMaze {
             frontier,
             next_frontier,
             frontier_len: 1,
+            per_task: 1,
             level: 0,
             waiting: VecDeque::new(),
             out: 0,
@@ -255,16 +249,35 @@ impl BigMaze {
             .frontier_len
             .div_ceil(2 * self.procs)
             .max(MIN_CELLS_PER_TASK);
+        self.per_task = per_task;
         let mut lo = 0;
         while lo < self.frontier_len {
             let hi = (lo + per_task).min(self.frontier_len);
-            self.waiting.push_back(json!(Input::Expand {
+            self.waiting.push_back(Input::Expand {
                 level: self.level,
                 lo,
-                hi
-            }));
+                hi,
+            });
             lo = hi;
         }
+    }
+
+    /// Checks that an answer names a slice of this level and no more cells than its
+    /// slots hold, so that gathering it stays inside the next frontier.
+    fn check(&self, lo: usize, found: usize) -> Result<(), String> {
+        if lo >= self.frontier_len || !lo.is_multiple_of(self.per_task) {
+            return Err(format!(
+                "a slice from frontier cell {lo}; level {} has {} cells in slices of {}",
+                self.level, self.frontier_len, self.per_task
+            ));
+        }
+        let slots = (self.frontier_len - lo).min(self.per_task) * SLOTS_PER_CELL;
+        if found > slots {
+            return Err(format!(
+                "{found} cells found from frontier cell {lo}, more than its {slots} slots"
+            ));
+        }
+        Ok(())
     }
 
     /// The barrier between levels: gathers what the workers found into the next
@@ -283,6 +296,9 @@ impl BigMaze {
             cells.extend_from_slice(&found[start..start + count]);
         }
         self.found.clear();
+        // What workers wrote is checked like any answer: only cells of the maze go on.
+        let all = (self.size * self.size) as i32;
+        cells.retain(|cell| (0..all).contains(cell));
         cells.sort_unstable();
         cells.dedup();
         self.frontier_len = cells.len();
@@ -293,8 +309,31 @@ impl BigMaze {
     }
 }
 
-impl Job for MazeJob {
-    fn next_task(&mut self) -> Option<Result<Value>> {
+impl Workload for MazeJob {
+    const NAME: &'static str = "maze";
+    const ABOUT: &'static str =
+        "Generate mazes from a seed and solve them by BFS; --big: one maze, parallel BFS";
+    type Args = Args;
+    type Input = Input;
+    type Output = Output;
+
+    fn plan(args: &Args, procs: usize) -> Result<MazeJob> {
+        ensure!(
+            (0.0..=1.0).contains(&args.braid),
+            "--braid is a fraction between 0 and 1, not {}",
+            args.braid
+        );
+        Ok(if args.big {
+            MazeJob::Big(Box::new(BigMaze::new(args, procs)?))
+        } else {
+            MazeJob::Many(ManyMazes {
+                args: args.clone(),
+                next: 0,
+                lengths: vec![None; args.mazes as usize],
+            })
+        })
+    }
+    fn next_input(&mut self) -> Option<Result<Input>> {
         match self {
             MazeJob::Many(many) => {
                 if many.next >= many.args.mazes {
@@ -302,11 +341,11 @@ impl Job for MazeJob {
                 }
                 let seed = many.args.seed + u64::from(many.next);
                 many.next += 1;
-                Some(Ok(json!(Input::Solve {
+                Some(Ok(Input::Solve {
                     size: many.args.size as usize,
                     seed,
-                    braid: many.args.braid
-                })))
+                    braid: many.args.braid,
+                }))
             }
             MazeJob::Big(big) => {
                 if big.waiting.is_empty() && big.out == 0 && big.length.is_none() {
@@ -322,25 +361,31 @@ impl Job for MazeJob {
         }
     }
 
-    fn reduce(&mut self, id: TaskId, output: Value) -> Result<()> {
-        match self {
-            MazeJob::Many(many) => {
-                let length = output["length"].as_u64().map(|n| n as u32);
-                let index = output["seed"]
-                    .as_u64()
-                    .and_then(|seed| seed.checked_sub(many.args.seed))
+    fn reduce(&mut self, _id: TaskId, output: Output) -> Result<(), String> {
+        match (self, output) {
+            (MazeJob::Many(many), Output::Solved { seed, length }) => {
+                let cells = u64::from(many.args.size).pow(2);
+                let index = seed
+                    .checked_sub(many.args.seed)
                     .filter(|&i| (i as usize) < many.lengths.len())
-                    .with_context(|| format!("maze task {id} answered {output}"))?;
+                    .ok_or_else(|| format!("seed {seed}, which no task of this run has"))?;
+                if length.is_some_and(|moves| u64::from(moves) >= cells) {
+                    return Err(format!(
+                        "a path of {length:?} moves, longer than a maze of {cells} cells holds"
+                    ));
+                }
                 many.lengths[index as usize] = length;
             }
-            MazeJob::Big(big) => {
-                let lo = output["lo"].as_u64();
-                let count = output["found"].as_u64();
-                let (Some(lo), Some(count)) = (lo, count) else {
-                    anyhow::bail!("maze task {id} answered {output}, not {{lo, found}}");
-                };
-                big.found.push((lo as usize, count as usize));
-                big.out -= 1;
+            (MazeJob::Big(big), Output::Expanded { lo, found }) => {
+                big.check(lo, found)?;
+                big.found.push((lo, found));
+                big.out = big.out.saturating_sub(1);
+            }
+            (MazeJob::Many(_), Output::Expanded { .. }) => {
+                return Err("a BFS slice, but this run solves whole mazes".into())
+            }
+            (MazeJob::Big(_), Output::Solved { .. }) => {
+                return Err("a whole maze, but this run expands BFS slices".into())
             }
         }
         Ok(())
@@ -374,8 +419,8 @@ impl Job for MazeJob {
         }
     }
 
-    fn summary(self: Box<Self>, _report: &PoolReport) -> Result<Summary> {
-        match *self {
+    fn summary(self, _report: &PoolReport) -> Result<Summary> {
+        match self {
             MazeJob::Many(many) => {
                 let lengths: Vec<u32> = many
                     .lengths
@@ -421,29 +466,29 @@ impl Job for MazeJob {
             }
         }
     }
+
+    fn worker() -> Result<TypedHandler<MazeJob>, String> {
+        worker_side()
+    }
 }
 
-/// The worker side: solves whole mazes, or expands BFS frontier slices of the big one
-/// (its shared arrays are mapped on the first such task).
-pub fn worker() -> Result<TaskHandler, String> {
+/// Solves whole mazes, or expands BFS frontier slices of the big one (its shared
+/// arrays are mapped on the first such task).
+fn worker_side() -> Result<TypedHandler<MazeJob>, String> {
     let mut big: Option<[SharedArray; 4]> = None;
-    Ok(Box::new(move |input| {
-        let input: Input = serde_json::from_value(input.clone())
-            .map_err(|err| format!("maze task input {input}: {err}"))?;
-        match input {
-            Input::Solve { size, seed, braid } => {
-                let length = Maze::generate(size, seed, braid).solve();
-                Ok(json!({"seed": seed, "length": length}))
+    Ok(Box::new(move |input| match input {
+        Input::Solve { size, seed, braid } => {
+            let length = Maze::generate(size, seed, braid).solve();
+            Ok(Output::Solved { seed, length })
+        }
+        Input::Expand { level, lo, hi } => {
+            if big.is_none() {
+                big = Some(open_big_arrays()?);
             }
-            Input::Expand { level, lo, hi } => {
-                if big.is_none() {
-                    big = Some(open_big_arrays()?);
-                }
-                let [walls, distance, frontier, next] = big.as_mut().expect("just opened");
-                let found = expand(level, lo..hi, walls, distance, frontier, next)
-                    .map_err(|err| err.to_string())?;
-                Ok(json!({"lo": lo, "found": found}))
-            }
+            let [walls, distance, frontier, next] = big.as_mut().expect("just opened");
+            let found = expand(level, lo..hi, walls, distance, frontier, next)
+                .map_err(|err| err.to_string())?;
+            Ok(Output::Expanded { lo, found })
         }
     }))
 }

@@ -1,6 +1,12 @@
-//! The built-in workloads, one file each, each holding both halves: the supervisor
-//! side (a [`Job`]: task inputs out, outputs reduced, a summary at the end) and the
-//! worker side (`run_task`: one input to one output, run inside a worker process).
+//! The built-in workloads, one file each, each one type holding both halves: the
+//! supervisor side (plan task inputs, reduce their outputs, sum up) and the worker side
+//! (one input to one output, inside a worker process), with typed inputs and outputs.
+//!
+//! A workload is registered by one line in [`REGISTRY`]: that line makes its
+//! `procpool run <name>` subcommand (its options are its `Args`), its hidden
+//! `procpool worker <name>`, and its `--start fork` worker. Its plan becomes the
+//! run's [`TaskSource`] through [`Planned`], which erases the typed halves to the
+//! JSON values that cross the pool.
 
 pub mod colmeans;
 pub mod crash;
@@ -10,83 +16,209 @@ pub mod matmul;
 pub mod maze;
 pub mod noop;
 pub mod primes;
-pub mod tasks;
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 
 use anyhow::Result;
 use procpool_child::TaskId;
 use procpool_shm::SharedArray;
 use procpool_supervisor::{PoolReport, TaskOutcome};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The supervisor side of a workload.
-pub trait Job {
-    /// The next task's input, or `None` when there are no more (for now). Called
-    /// while the pool has room, so a job can stream inputs it never holds whole.
-    fn next_task(&mut self) -> Option<Result<Value>>;
+use crate::source::{self, Answer, TaskSource};
 
-    /// The input `next_task` returned last was put as task `id`.
-    fn was_put(&mut self, _id: TaskId) {}
+/// A workload: both halves, typed.
+pub trait Workload: Sized + 'static {
+    /// Its name on the command line: `procpool run <NAME>`.
+    const NAME: &'static str;
+    /// One line for `procpool run --help`.
+    const ABOUT: &'static str;
+    /// Its options, after `procpool run <NAME>`.
+    type Args: clap::Args;
+    /// What one task is given.
+    type Input: Serialize + DeserializeOwned;
+    /// What one task answers. Any worker may answer (`--child`), so the supervisor side
+    /// checks every output it reduces.
+    type Output: Serialize + DeserializeOwned;
 
-    /// Tasks the job holds on to (put and not yet fully handled); the driver puts no
-    /// more while this or the pool's unfinished count fills its window.
-    fn held(&self) -> usize {
-        0
-    }
-
-    /// Folds one task's output into the job's result.
-    fn reduce(&mut self, id: TaskId, output: Value) -> Result<()>;
-
-    /// Hears about a task that ended without output (a worker error or a quarantined
-    /// crash), after `attempts` sends. The run report counts these whatever the job does.
+    /// Supervisor side: reads the options, prepares inputs and shared arrays.
+    fn plan(args: &Self::Args, procs: usize) -> Result<Self>;
+    /// The next task's input, or `None` when there are no more (for now). Called while
+    /// the pool has room, so a workload whose tasks come from results (a crawl's links,
+    /// a BFS level) adds them as they appear.
+    fn next_input(&mut self) -> Option<Result<Self::Input>>;
+    /// Folds one task's output into the result, or says what is wrong with it (then
+    /// nothing of it may have been folded in): the task then counts as an error and
+    /// [`on_failure`](Workload::on_failure) hears of it.
+    fn reduce(&mut self, id: TaskId, output: Self::Output) -> Result<(), String>;
+    /// Hears about a task that ended without a usable output (a worker error, a
+    /// quarantined crash, a rejected answer) after `attempts` sends. An `Err` stops the run.
     fn on_failure(&mut self, _id: TaskId, _attempts: u32, _outcome: &TaskOutcome) -> Result<()> {
         Ok(())
     }
-
-    /// The descriptor the job's inputs are streamed from, while more may come. When
-    /// `next_task` has nothing, the driver waits on it together with the pool and
-    /// calls [`read_input`](Job::read_input) once it is readable, so that a slow
-    /// producer never holds up results, restarts or Ctrl-C.
-    fn input(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    /// [`input`](Job::input) is readable: take in what is there with one read,
-    /// which returns at once.
-    fn read_input(&mut self) -> Result<()> {
-        Ok(())
-    }
-    /// Called when the pool has no more events ready, before it waits: a job that
-    /// writes as it goes flushes here, once per batch of answers.
-    fn flush(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Whether the job writes its results on stdout (the summary then goes to stderr).
-    fn results_on_stdout(&self) -> bool {
-        false
-    }
-
-    /// How many tasks the job will put, when it knows (for progress and ETA).
+    /// How many tasks it will put, when it knows (for progress and ETA).
     fn total_tasks(&self) -> Option<u64> {
         None
     }
-
-    /// Descriptors the job's workers inherit besides the shared arrays', to open as
+    /// Descriptors its workers inherit besides the shared arrays', to open as
     /// `/proc/self/fd/N` (a file that has no name any more).
     fn inherited_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
-    /// The shared arrays the job's workers map, described to them in `PROCPOOL_ARRAYS`.
+    /// The shared arrays its workers map, described to them in `PROCPOOL_ARRAYS`.
     fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
         Vec::new()
     }
+    /// Its result once the pool is joined.
+    fn summary(self, report: &PoolReport) -> Result<Summary>;
 
-    /// The job's result once the pool is joined.
-    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary>;
+    /// Worker side: sets up what a worker needs (maps the shared arrays) and returns
+    /// the function that runs one task.
+    fn worker() -> Result<TypedHandler<Self>, String>;
 }
 
-/// A shared array as a job's workers see it.
+/// The worker side of workload `W`: one input to its output, or an error message.
+pub type TypedHandler<W> =
+    Box<dyn FnMut(<W as Workload>::Input) -> Result<<W as Workload>::Output, String>>;
+
+/// The worker side with the types erased, as a worker serves it.
+pub type TaskHandler = Box<dyn FnMut(&Value) -> Result<Value, String>>;
+
+/// Everything `procpool` knows of a workload by its name.
+pub struct Registration {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Adds its options to its `run <name>` subcommand.
+    pub augment_args: fn(clap::Command) -> clap::Command,
+    /// Reads its options and plans the run.
+    pub start: fn(&clap::ArgMatches, usize) -> Result<Box<dyn TaskSource>>,
+    /// Who runs its tasks.
+    pub worker: WorkerSide,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Who runs a registration's tasks.
+pub enum WorkerSide {
+    /// A built-in worker (`procpool worker <name>`, or a fork), or any `--child`.
+    Builtin(fn() -> Result<TaskHandler, String>),
+    /// Only a `--child` worker; the text says what to pass.
+    ChildOnly { usage: &'static str },
+}
+
+/// Every `procpool run` subcommand, in the order `--help` lists them. Adding a workload
+/// is its file and one line here.
+pub const REGISTRY: &[Registration] = &[
+    register::<mandelbrot::Mandelbrot>(),
+    register::<matmul::Matmul>(),
+    register::<colmeans::Colmeans>(),
+    register::<crash::Crash>(),
+    register::<maze::MazeJob>(),
+    register::<crawl::Crawl>(),
+    register::<primes::Primes>(),
+    register::<noop::Noop>(),
+    source::lines::REGISTRATION,
+];
+
+/// The registration named `name`.
+pub fn find(name: &str) -> Option<&'static Registration> {
+    REGISTRY
+        .iter()
+        .find(|registration| registration.name == name)
+}
+
+const fn register<W: Workload>() -> Registration {
+    Registration {
+        name: W::NAME,
+        about: W::ABOUT,
+        augment_args: <W::Args as clap::Args>::augment_args,
+        start: start::<W>,
+        worker: WorkerSide::Builtin(erased_worker::<W>),
+    }
+}
+
+fn start<W: Workload>(matches: &clap::ArgMatches, procs: usize) -> Result<Box<dyn TaskSource>> {
+    let args = <W::Args as clap::FromArgMatches>::from_arg_matches(matches)?;
+    Ok(Box::new(Planned(W::plan(&args, procs)?)))
+}
+
+fn erased_worker<W: Workload>() -> Result<TaskHandler, String> {
+    let mut run_task = W::worker()?;
+    Ok(Box::new(move |input| {
+        let input = W::Input::deserialize(input)
+            .map_err(|err| format!("{} task input {input}: {err}", W::NAME))?;
+        let output = run_task(input)?;
+        serde_json::to_value(output).map_err(|err| format!("{} task output: {err}", W::NAME))
+    }))
+}
+
+/// A workload's own plan as the run's task source: typed inputs out as JSON, JSON
+/// outputs in, checked, as typed outputs.
+pub struct Planned<W>(W);
+
+impl<W: Workload> TaskSource for Planned<W> {
+    fn next_task(&mut self, _id: TaskId) -> Option<Result<Value>> {
+        Some(self.0.next_input()?.and_then(|input| {
+            serde_json::to_value(input).map_err(|err| anyhow::anyhow!("a task input: {err}"))
+        }))
+    }
+
+    fn result(&mut self, id: TaskId, output: Value) -> Result<Answer> {
+        let output = match W::Output::deserialize(output) {
+            Ok(output) => output,
+            Err(err) => return Ok(Answer::Rejected(format!("not a {} output: {err}", W::NAME))),
+        };
+        Ok(match self.0.reduce(id, output) {
+            Ok(()) => Answer::Accepted,
+            Err(why) => Answer::Rejected(format!("{}: {why}", W::NAME)),
+        })
+    }
+
+    fn failure(&mut self, id: TaskId, attempts: u32, outcome: &TaskOutcome) -> Result<()> {
+        self.0.on_failure(id, attempts, outcome)
+    }
+
+    fn total_tasks(&self) -> Option<u64> {
+        self.0.total_tasks()
+    }
+
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        self.0.inherited_fds()
+    }
+
+    fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
+        self.0.shared_arrays()
+    }
+
+    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+        self.0.summary(report)
+    }
+}
+
+/// A value that is not read: an answer a workload only counts, whatever it says.
+/// Sent as `null`; any JSON is taken, and dropped without being copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ignored;
+
+impl Serialize for Ignored {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_unit()
+    }
+}
+
+impl<'de> Deserialize<'de> for Ignored {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(deserializer).map(|_| Ignored)
+    }
+}
+
+/// A shared array as a workload's workers see it.
 pub struct SharedArrayUse<'a> {
     pub name: &'static str,
     pub array: &'a SharedArray,
@@ -111,10 +243,7 @@ impl<'a> SharedArrayUse<'a> {
     }
 }
 
-/// The worker side of a workload: one task input to its output, or an error message.
-pub type TaskHandler = Box<dyn FnMut(&Value) -> Result<Value, String>>;
-
-/// What a job reports: one line for people, one JSON value for scripts.
+/// What a run reports: one line for people, one JSON value for scripts.
 pub struct Summary {
     pub headline: String,
     pub result: Value,
@@ -126,50 +255,25 @@ impl Summary {
     }
 }
 
-/// The workloads a built-in worker can run, by the name the CLI uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    Colmeans,
-    Crash,
-    Crawl,
-    Mandelbrot,
-    Matmul,
-    Maze,
-    Primes,
-    Noop,
-    /// Lines of input to a `--child` worker; there is no built-in worker for it.
-    #[value(skip)]
-    Tasks,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Kind {
-    /// The worker side: sets up what this workload's worker needs (maps its shared
-    /// arrays) and returns the function that runs one task.
-    pub fn worker(self) -> Result<TaskHandler, String> {
-        Ok(match self {
-            Kind::Colmeans => Box::new(colmeans::run_task),
-            Kind::Crash => Box::new(crash::run_task),
-            Kind::Crawl => crawl::worker()?,
-            Kind::Mandelbrot => mandelbrot::worker()?,
-            Kind::Matmul => matmul::worker()?,
-            Kind::Maze => maze::worker()?,
-            Kind::Primes => Box::new(primes::run_task),
-            Kind::Noop => Box::new(noop::run_task),
-            Kind::Tasks => return Err("tasks has no built-in worker; pass --child CMD".into()),
-        })
+    #[test]
+    fn names_are_unique_and_found() {
+        for registration in REGISTRY {
+            let found = find(registration.name).expect("registered");
+            assert!(std::ptr::eq(found, registration), "{}", registration.name);
+        }
+        assert!(find("bogus").is_none());
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Colmeans => "colmeans",
-            Kind::Crash => "crash",
-            Kind::Crawl => "crawl",
-            Kind::Mandelbrot => "mandelbrot",
-            Kind::Matmul => "matmul",
-            Kind::Maze => "maze",
-            Kind::Primes => "primes",
-            Kind::Noop => "noop",
-            Kind::Tasks => "tasks",
+    #[test]
+    fn any_answer_takes_any_json() {
+        for text in ["null", "3", r#"{"a": [1, "x"]}"#] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(Ignored::deserialize(value).unwrap(), Ignored);
         }
+        assert_eq!(serde_json::to_value(Ignored).unwrap(), Value::Null);
     }
 }

@@ -3,42 +3,46 @@
 use anyhow::Result;
 use procpool_child::TaskId;
 use procpool_supervisor::PoolReport;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{Job, Summary};
+use super::{Ignored, Summary, TypedHandler, Workload};
 
 /// Options of `procpool run noop`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// How many empty tasks to run.
-    #[arg(long, default_value = "100000", value_parser = crate::cli::parse_count)]
+    #[arg(long, default_value = "100000", value_parser = crate::parse::count)]
     pub tasks: u64,
 }
 
-/// The supervisor side: `tasks` nulls out, nulls back.
+/// `tasks` nulls out, any answers back.
 pub struct Noop {
     tasks: u64,
     remaining: u64,
     done: u64,
 }
 
-impl Noop {
-    pub fn new(args: &Args) -> Noop {
-        Noop {
+impl Workload for Noop {
+    const NAME: &'static str = "noop";
+    const ABOUT: &'static str = "Empty tasks, to measure the pool's own overhead per task";
+    type Args = Args;
+    type Input = Ignored;
+    type Output = Ignored;
+
+    fn plan(args: &Args, _procs: usize) -> Result<Noop> {
+        Ok(Noop {
             tasks: args.tasks,
             remaining: args.tasks,
             done: 0,
-        }
+        })
     }
-}
 
-impl Job for Noop {
-    fn next_task(&mut self) -> Option<Result<Value>> {
+    fn next_input(&mut self) -> Option<Result<Ignored>> {
         self.remaining = self.remaining.checked_sub(1)?;
-        Some(Ok(Value::Null))
+        Some(Ok(Ignored))
     }
 
-    fn reduce(&mut self, _id: TaskId, _output: Value) -> Result<()> {
+    fn reduce(&mut self, _id: TaskId, _output: Ignored) -> Result<(), String> {
         self.done += 1;
         Ok(())
     }
@@ -47,15 +51,15 @@ impl Job for Noop {
         Some(self.tasks)
     }
 
-    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+    fn summary(self, report: &PoolReport) -> Result<Summary> {
         let per_second = self.done as f64 / report.wall.as_secs_f64();
         Ok(Summary::new(
             format!("{} empty tasks, {per_second:.0} tasks/s", self.done),
             json!({"tasks": self.done, "tasks_per_s": per_second}),
         ))
     }
-}
 
-pub fn run_task(_input: &Value) -> Result<Value, String> {
-    Ok(Value::Null)
+    fn worker() -> Result<TypedHandler<Noop>, String> {
+        Ok(Box::new(|Ignored| Ok(Ignored)))
+    }
 }

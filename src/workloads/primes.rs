@@ -7,28 +7,28 @@ use anyhow::{ensure, Result};
 use procpool_child::TaskId;
 use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{Job, Summary};
+use super::{Summary, TypedHandler, Workload};
 
 /// Options of `procpool run primes`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Count primes below this number.
-    #[arg(long, default_value = "1e10", value_parser = crate::cli::parse_count)]
+    #[arg(long, default_value = "1e10", value_parser = crate::parse::count)]
     pub limit: u64,
     /// Numbers per task; by default about 64 tasks per worker, at least 1 Mi numbers each.
-    #[arg(long, value_parser = crate::cli::parse_count)]
+    #[arg(long, value_parser = crate::parse::count)]
     pub range: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Input {
+pub struct Input {
     lo: u64,
     hi: u64,
 }
 
-/// The supervisor side: ranges out, counts in.
+/// Ranges out, counts in.
 pub struct Primes {
     limit: u64,
     range: u64,
@@ -36,8 +36,16 @@ pub struct Primes {
     count: u64,
 }
 
-impl Primes {
-    pub fn new(args: &Args, procs: usize) -> Result<Primes> {
+impl Workload for Primes {
+    const NAME: &'static str = "primes";
+    const ABOUT: &'static str =
+        "Count primes below --limit with a segmented sieve, one range per task";
+    type Args = Args;
+    type Input = Input;
+    /// The primes in the range.
+    type Output = u64;
+
+    fn plan(args: &Args, procs: usize) -> Result<Primes> {
         ensure!(
             args.limit <= 1 << 50,
             "--limit {} is too large; at most 2^50",
@@ -57,23 +65,30 @@ impl Primes {
             count: 0,
         })
     }
-}
 
-impl Job for Primes {
-    fn next_task(&mut self) -> Option<Result<Value>> {
+    fn next_input(&mut self) -> Option<Result<Input>> {
         let lo = self.next_lo;
         if lo >= self.limit {
             return None;
         }
         let hi = lo.saturating_add(self.range).min(self.limit);
         self.next_lo = hi;
-        Some(Ok(json!(Input { lo, hi })))
+        Some(Ok(Input { lo, hi }))
     }
 
-    fn reduce(&mut self, _id: TaskId, output: Value) -> Result<()> {
-        self.count += output
-            .as_u64()
-            .ok_or_else(|| anyhow::anyhow!("a primes task answered {output}, not a count"))?;
+    fn reduce(&mut self, _id: TaskId, count: u64) -> Result<(), String> {
+        // No range holds more primes than numbers, and no total more than the limit.
+        let total = self
+            .count
+            .checked_add(count)
+            .filter(|&total| count <= self.range && total <= self.limit)
+            .ok_or_else(|| {
+                format!(
+                    "a count of {count} primes, more than a range of {} numbers holds",
+                    self.range
+                )
+            })?;
+        self.count = total;
         Ok(())
     }
 
@@ -81,7 +96,7 @@ impl Job for Primes {
         Some(self.limit.div_ceil(self.range))
     }
 
-    fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary> {
+    fn summary(self, report: &PoolReport) -> Result<Summary> {
         let lost = report.tasks_total - report.tasks_ok;
         let headline = if lost == 0 {
             format!("{} primes below {}", self.count, self.limit)
@@ -96,12 +111,10 @@ impl Job for Primes {
             json!({"limit": self.limit, "count": self.count, "complete": lost == 0}),
         ))
     }
-}
 
-pub fn run_task(input: &Value) -> Result<Value, String> {
-    let Input { lo, hi } = serde_json::from_value(input.clone())
-        .map_err(|err| format!("primes task input {input}: {err}"))?;
-    Ok(json!(count_primes(lo, hi)))
+    fn worker() -> Result<TypedHandler<Primes>, String> {
+        Ok(Box::new(|Input { lo, hi }| Ok(count_primes(lo, hi))))
+    }
 }
 
 /// The number of primes `p` with `lo <= p < hi`.

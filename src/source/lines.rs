@@ -1,5 +1,6 @@
-//! `tasks`: one task per input line, one result line per task, for a `--child` worker
-//! in any language. The supervisor side only: there is no built-in worker.
+//! `procpool run tasks`: one task per input line, one result line per task, for a
+//! `--child` worker in any language. A task source with no workload behind it: there
+//! is no built-in worker, and results go back to the stream's own output.
 //!
 //! Input: each line is one task's input, a JSON value; a line that is not JSON is
 //! taken as a JSON string; blank lines are skipped. Output: one JSON line per task,
@@ -8,7 +9,7 @@
 //!
 //! Memory stays bounded whatever the input size: the driver asks for the next input
 //! only while fewer than its window of tasks are held (in flight, or finished and
-//! waiting for an earlier one with `--ordered`), and the job keeps the inputs of
+//! waiting for an earlier one with `--ordered`), and the source keeps the inputs of
 //! those tasks only, to echo them in the output.
 //!
 //! The input is read only when it is readable, from the pool's own wait, through the
@@ -28,7 +29,26 @@ use procpool_supervisor::{quarantine_message, LineReader, PoolReport, ReadOutcom
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{Job, Summary};
+use super::{Answer, TaskSource};
+use crate::workloads::{Registration, Summary, WorkerSide};
+
+/// `procpool run tasks`, in the table of `run` subcommands.
+pub const REGISTRATION: Registration = Registration {
+    name: "tasks",
+    about: "One task per input line (JSON, or taken as a string) for a --child worker; one \
+            result line per task: {\"id\",\"input\",\"output\"} or {\"id\",\"input\",\"error\"}",
+    augment_args: <Args as clap::Args>::augment_args,
+    start: start,
+    worker: WorkerSide::ChildOnly {
+        usage: "`procpool run tasks` needs --child CMD, the worker that runs each line \
+                (e.g. --child 'python3 examples/python/count_words.py')",
+    },
+};
+
+fn start(matches: &clap::ArgMatches, _procs: usize) -> Result<Box<dyn TaskSource>> {
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(matches)?;
+    Ok(Box::new(Tasks::new(&args)?))
+}
 
 /// Options of `procpool run tasks`.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,14 +75,12 @@ struct ResultLine<'a> {
     error: Option<&'a str>,
 }
 
-/// The supervisor side of `tasks`.
+/// The line stream of `procpool run tasks`.
 pub struct Tasks {
     input: LineReader,
     input_name: String,
     /// A read of the input failed: reported once, after the lines before it.
     read_error: Option<io::Error>,
-    /// The input last handed out by `next_task`, until `was_put` names its id.
-    pending: Option<Value>,
     /// Inputs of tasks put and not yet answered.
     inputs: HashMap<TaskId, Value>,
     ordered: bool,
@@ -101,7 +119,6 @@ impl Tasks {
                 args.input.clone()
             },
             read_error: None,
-            pending: None,
             inputs: HashMap::new(),
             ordered: args.ordered,
             order: VecDeque::new(),
@@ -180,10 +197,14 @@ fn open_stdin() -> io::Result<File> {
         .unwrap_or(stdin))
 }
 
-impl Job for Tasks {
-    fn next_task(&mut self) -> Option<Result<Value>> {
+impl TaskSource for Tasks {
+    fn next_task(&mut self, id: TaskId) -> Option<Result<Value>> {
         if let Some(value) = self.next_input() {
-            self.pending = Some(value.clone());
+            // The pool keeps its own copy, to send again after a crash.
+            self.inputs.insert(id, value.clone());
+            if self.ordered {
+                self.order.push_back(id);
+            }
             return Some(Ok(value));
         }
         // Reported as a planning failure, so the tasks already running still finish.
@@ -206,15 +227,6 @@ impl Job for Tasks {
         Ok(())
     }
 
-    fn was_put(&mut self, id: TaskId) {
-        if let Some(input) = self.pending.take() {
-            self.inputs.insert(id, input);
-        }
-        if self.ordered {
-            self.order.push_back(id);
-        }
-    }
-
     fn held(&self) -> usize {
         if self.ordered {
             self.order.len()
@@ -223,15 +235,16 @@ impl Job for Tasks {
         }
     }
 
-    fn reduce(&mut self, id: TaskId, output: Value) -> Result<()> {
-        self.finish(id, Some(&output), None)
+    fn result(&mut self, id: TaskId, output: Value) -> Result<Answer> {
+        self.finish(id, Some(&output), None)?;
+        Ok(Answer::Accepted)
     }
 
-    fn on_failure(&mut self, id: TaskId, attempts: u32, outcome: &TaskOutcome) -> Result<()> {
+    fn failure(&mut self, id: TaskId, attempts: u32, outcome: &TaskOutcome) -> Result<()> {
         let message = match outcome {
-            TaskOutcome::Error(message) => message.clone(),
             TaskOutcome::Failed(crashes) => quarantine_message(crashes, attempts),
-            TaskOutcome::Output(_) => unreachable!("results go to reduce"),
+            TaskOutcome::Error(message) => message.clone(),
+            TaskOutcome::Output(_) => unreachable!("results go to `result`"),
         };
         self.finish(id, None, Some(&message))
     }

@@ -1,0 +1,54 @@
+//! Value parsers for command-line options, shared by every subcommand's arguments.
+//! A leaf: it uses nothing of this crate, so any module may use it.
+
+use std::time::Duration;
+
+/// Seconds, at most a million (11 days): any longer wait is a typo, and the pool adds
+/// these durations to the clock.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    const MAX_SECONDS: f64 = 1e6;
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(0.0..=MAX_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "'{text}' is not between 0 and {MAX_SECONDS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A count written as an integer or in scientific notation (`1e9`), which must be exact.
+pub fn count(text: &str) -> Result<u64, String> {
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(n);
+    }
+    match text.parse::<f64>() {
+        Ok(x) if x >= 0.0 && x.fract() == 0.0 && x < 1.8e19 => Ok(x as u64),
+        _ => Err(format!(
+            "'{text}' is not a whole number (e.g. 1000000 or 1e6)"
+        )),
+    }
+}
+
+/// A positive, finite rate per second.
+pub fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("'{text}' is not a positive rate per second")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_may_be_scientific_but_must_be_whole() {
+        assert_eq!(count("1e9"), Ok(1_000_000_000));
+        assert_eq!(count("42"), Ok(42));
+        for bad in ["1.5", "-1", "1e20", "lots"] {
+            assert!(count(bad).is_err(), "{bad}");
+        }
+    }
+}
