@@ -38,7 +38,7 @@ pub const REGISTRATION: Registration = Registration {
     about: "One task per input line (JSON, or taken as a string) for a --child worker; one \
             result line per task: {\"id\",\"input\",\"output\"} or {\"id\",\"input\",\"error\"}",
     augment_args: <Args as clap::Args>::augment_args,
-    start: start,
+    start,
     worker: WorkerSide::ChildOnly {
         usage: "`procpool run tasks` needs --child CMD, the worker that runs each line \
                 (e.g. --child 'python3 examples/python/count_words.py')",

@@ -60,7 +60,7 @@ pub struct Input {
 }
 
 /// What a worker answers for one page.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Output {
     url: String,
     status: u16,
@@ -619,9 +619,10 @@ mod tests {
         };
         let seeds = vec!["http://a:81/".to_string(), "bad".to_string()];
         let mut crawl = Crawl::with_seeds(seeds.clone(), &args, None);
-        let page = json!({"url": "http://a:81/", "status": 200, "words": 2,
-            "counts": {"x": 2}, "links": ["http://a:81/", "http://a:82/", "http://b:81/",
-            "http://A:81/p#f", "http://a:81/q", "http://a:81/r"]});
+        let page: Output = serde_json::from_value(json!({"url": "http://a:81/", "status": 200,
+            "words": 2, "counts": {"x": 2}, "links": ["http://a:81/", "http://a:82/",
+            "http://b:81/", "http://A:81/p#f", "http://a:81/q", "http://a:81/r"]}))
+        .unwrap();
         crawl.reduce(0, page.clone()).unwrap();
         let queued: Vec<&str> = crawl.frontier.iter().map(String::as_str).collect();
         assert_eq!(
@@ -637,9 +638,14 @@ mod tests {
             },
             None,
         );
-        anywhere.reduce(0, page).unwrap();
+        anywhere.reduce(0, page.clone()).unwrap();
         assert_eq!(anywhere.frontier.len(), 7);
         assert_eq!(anywhere.words, 2);
+        // A page whose counts would overflow the totals changes nothing.
+        let mut greedy = page;
+        greedy.counts.insert("x".into(), u64::MAX);
+        assert!(anywhere.reduce(1, greedy).is_err());
+        assert_eq!((anywhere.words, anywhere.counts["x"]), (2, 2));
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub enum WorkerSide {
 
 /// Every `procpool run` subcommand, in the order `--help` lists them. Adding a workload
 /// is its file and one line here.
-pub const REGISTRY: &[Registration] = &[
+pub static REGISTRY: &[Registration] = &[
     register::<mandelbrot::Mandelbrot>(),
     register::<matmul::Matmul>(),
     register::<colmeans::Colmeans>(),
