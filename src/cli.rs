@@ -6,7 +6,7 @@ use clap::{ArgMatches, FromArgMatches, Parser, Subcommand, ValueEnum};
 use procpool_supervisor::DEFAULT_PREFETCH;
 
 use crate::parse;
-use crate::workloads::{self, Registration, WorkerSide, REGISTRY};
+use crate::registry::{self, Registration, WorkerSide, REGISTRY};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -88,7 +88,7 @@ impl FromArgMatches for WorkloadArgs {
         let (name, matches) = matches
             .subcommand()
             .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
-        let registration = workloads::find(name)
+        let registration = registry::find(name)
             .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))?;
         Ok(WorkloadArgs {
             registration,
@@ -115,7 +115,7 @@ impl Subcommand for WorkloadArgs {
     }
 
     fn has_subcommand(name: &str) -> bool {
-        workloads::find(name).is_some()
+        registry::find(name).is_some()
     }
 }
 

@@ -5,6 +5,7 @@ mod check_worker;
 mod cli;
 mod gen;
 mod parse;
+mod registry;
 mod run;
 mod site;
 mod source;
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Worker { workload } => {
             // clap took only names of the table, so the lookup finds it.
-            let code = workloads::find(&workload).map_or(2, worker::serve_builtin);
+            let code = registry::find(&workload).map_or(2, worker::serve_builtin);
             return ExitCode::from(code as u8);
         }
         Command::CheckWorker(args) => return check_worker::main(&args),

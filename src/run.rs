@@ -15,9 +15,9 @@ use procpool_supervisor::{
 use serde_json::{json, Value};
 
 use crate::cli::{PoolArgs, RunArgs, StartMode};
-use crate::source::{Answer, TaskSource};
+use crate::registry::{Registration, WorkerSide};
+use crate::source::{Answer, Summary, TaskSource};
 use crate::status::{Status, REDRAW_EVERY};
-use crate::workloads::{Registration, Summary, WorkerSide};
 
 /// A mistake in how procpool was called: exit code 2, like clap's own usage errors.
 #[derive(Debug, thiserror::Error)]
@@ -238,10 +238,9 @@ fn drive(
 /// answers, so the report counts them as errors, with why.
 fn count_rejected(report: &mut PoolReport, rejected: Vec<TaskFailure>) {
     let count = rejected.len() as u64;
-    report.tasks_ok -= count;
+    report.tasks_ok = report.tasks_ok.saturating_sub(count);
     report.tasks_error += count;
     report.failures.extend(rejected);
-    report.failures.sort_by_key(|failure| failure.id);
 }
 
 fn on_event(

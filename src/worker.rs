@@ -1,7 +1,7 @@
 //! The worker side of the built-in workloads: `procpool worker <workload>`, or the
 //! body of a forked worker.
 
-use crate::workloads::{Registration, WorkerSide};
+use crate::registry::{Registration, WorkerSide};
 
 /// Serves tasks of `workload` on stdin/stdout until `stop`; returns the exit code.
 pub fn serve_builtin(workload: &Registration) -> i32 {

@@ -29,23 +29,18 @@ use procpool_supervisor::{quarantine_message, LineReader, PoolReport, ReadOutcom
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{Answer, TaskSource};
-use crate::workloads::{Registration, Summary, WorkerSide};
+use super::{Answer, Summary, TaskSource};
 
-/// `procpool run tasks`, in the table of `run` subcommands.
-pub const REGISTRATION: Registration = Registration {
-    name: "tasks",
-    about: "One task per input line (JSON, or taken as a string) for a --child worker; one \
-            result line per task: {\"id\",\"input\",\"output\"} or {\"id\",\"input\",\"error\"}",
-    augment_args: <Args as clap::Args>::augment_args,
-    start,
-    worker: WorkerSide::ChildOnly {
-        usage: "`procpool run tasks` needs --child CMD, the worker that runs each line \
-                (e.g. --child 'python3 examples/python/count_words.py')",
-    },
-};
+/// One line for `procpool run --help`.
+pub const ABOUT: &str = "One task per input line (JSON, or taken as a string) for a --child \
+    worker; one result line per task: {\"id\",\"input\",\"output\"} or {\"id\",\"input\",\"error\"}";
 
-fn start(matches: &clap::ArgMatches, _procs: usize) -> Result<Box<dyn TaskSource>> {
+/// There is no built-in worker: what to pass instead.
+pub const USAGE: &str = "`procpool run tasks` needs --child CMD, the worker that runs each \
+    line (e.g. --child 'python3 examples/python/count_words.py')";
+
+/// Reads the options of `procpool run tasks` and opens the stream.
+pub fn start(matches: &clap::ArgMatches, _procs: usize) -> Result<Box<dyn TaskSource>> {
     let args = <Args as clap::FromArgMatches>::from_arg_matches(matches)?;
     Ok(Box::new(Tasks::new(&args)?))
 }

@@ -13,10 +13,9 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use anyhow::Result;
 use procpool_child::TaskId;
+use procpool_shm::SharedArray;
 use procpool_supervisor::{PoolReport, TaskOutcome};
 use serde_json::Value;
-
-use crate::workloads::{SharedArrayUse, Summary};
 
 /// What a source made of a task's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,4 +81,41 @@ pub trait TaskSource {
     }
     /// The run's result once the pool is joined.
     fn summary(self: Box<Self>, report: &PoolReport) -> Result<Summary>;
+}
+
+/// A shared array as the workers see it.
+pub struct SharedArrayUse<'a> {
+    pub name: &'static str,
+    pub array: &'a SharedArray,
+    pub writable: bool,
+}
+
+impl<'a> SharedArrayUse<'a> {
+    pub fn read_only(name: &'static str, array: &'a SharedArray) -> Self {
+        SharedArrayUse {
+            name,
+            array,
+            writable: false,
+        }
+    }
+
+    pub fn writable(name: &'static str, array: &'a SharedArray) -> Self {
+        SharedArrayUse {
+            name,
+            array,
+            writable: true,
+        }
+    }
+}
+
+/// What a run reports: one line for people, one JSON value for scripts.
+pub struct Summary {
+    pub headline: String,
+    pub result: Value,
+}
+
+impl Summary {
+    pub fn new(headline: String, result: Value) -> Summary {
+        Summary { headline, result }
+    }
 }

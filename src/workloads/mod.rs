@@ -2,8 +2,8 @@
 //! supervisor side (plan task inputs, reduce their outputs, sum up) and the worker side
 //! (one input to one output, inside a worker process), with typed inputs and outputs.
 //!
-//! A workload is registered by one line in [`REGISTRY`]: that line makes its
-//! `procpool run <name>` subcommand (its options are its `Args`), its hidden
+//! A workload is registered by one line in [`crate::registry::REGISTRY`]: that line
+//! makes its `procpool run <name>` subcommand (its options are its `Args`), its hidden
 //! `procpool worker <name>`, and its `--start fork` worker. Its plan becomes the
 //! run's [`TaskSource`] through [`Planned`], which erases the typed halves to the
 //! JSON values that cross the pool.
@@ -21,13 +21,13 @@ use std::os::fd::RawFd;
 
 use anyhow::Result;
 use procpool_child::TaskId;
-use procpool_shm::SharedArray;
 use procpool_supervisor::{PoolReport, TaskOutcome};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::source::{self, Answer, TaskSource};
+use crate::source::{Answer, TaskSource};
+pub use crate::source::{SharedArrayUse, Summary};
 
 /// A workload: both halves, typed.
 pub trait Workload: Sized + 'static {
@@ -83,84 +83,9 @@ pub trait Workload: Sized + 'static {
 pub type TypedHandler<W> =
     Box<dyn FnMut(<W as Workload>::Input) -> Result<<W as Workload>::Output, String>>;
 
-/// The worker side with the types erased, as a worker serves it.
-pub type TaskHandler = Box<dyn FnMut(&Value) -> Result<Value, String>>;
-
-/// Everything `procpool` knows of a workload by its name.
-pub struct Registration {
-    pub name: &'static str,
-    pub about: &'static str,
-    /// Adds its options to its `run <name>` subcommand.
-    pub augment_args: fn(clap::Command) -> clap::Command,
-    /// Reads its options and plans the run.
-    pub start: fn(&clap::ArgMatches, usize) -> Result<Box<dyn TaskSource>>,
-    /// Who runs its tasks.
-    pub worker: WorkerSide,
-}
-
-impl std::fmt::Debug for Registration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
-    }
-}
-
-/// Who runs a registration's tasks.
-pub enum WorkerSide {
-    /// A built-in worker (`procpool worker <name>`, or a fork), or any `--child`.
-    Builtin(fn() -> Result<TaskHandler, String>),
-    /// Only a `--child` worker; the text says what to pass.
-    ChildOnly { usage: &'static str },
-}
-
-/// Every `procpool run` subcommand, in the order `--help` lists them. Adding a workload
-/// is its file and one line here.
-pub static REGISTRY: &[Registration] = &[
-    register::<mandelbrot::Mandelbrot>(),
-    register::<matmul::Matmul>(),
-    register::<colmeans::Colmeans>(),
-    register::<crash::Crash>(),
-    register::<maze::MazeJob>(),
-    register::<crawl::Crawl>(),
-    register::<primes::Primes>(),
-    register::<noop::Noop>(),
-    source::lines::REGISTRATION,
-];
-
-/// The registration named `name`.
-pub fn find(name: &str) -> Option<&'static Registration> {
-    REGISTRY
-        .iter()
-        .find(|registration| registration.name == name)
-}
-
-const fn register<W: Workload>() -> Registration {
-    Registration {
-        name: W::NAME,
-        about: W::ABOUT,
-        augment_args: <W::Args as clap::Args>::augment_args,
-        start: start::<W>,
-        worker: WorkerSide::Builtin(erased_worker::<W>),
-    }
-}
-
-fn start<W: Workload>(matches: &clap::ArgMatches, procs: usize) -> Result<Box<dyn TaskSource>> {
-    let args = <W::Args as clap::FromArgMatches>::from_arg_matches(matches)?;
-    Ok(Box::new(Planned(W::plan(&args, procs)?)))
-}
-
-fn erased_worker<W: Workload>() -> Result<TaskHandler, String> {
-    let mut run_task = W::worker()?;
-    Ok(Box::new(move |input| {
-        let input = W::Input::deserialize(input)
-            .map_err(|err| format!("{} task input {input}: {err}", W::NAME))?;
-        let output = run_task(input)?;
-        serde_json::to_value(output).map_err(|err| format!("{} task output: {err}", W::NAME))
-    }))
-}
-
 /// A workload's own plan as the run's task source: typed inputs out as JSON, JSON
 /// outputs in, checked, as typed outputs.
-pub struct Planned<W>(W);
+pub struct Planned<W>(pub W);
 
 impl<W: Workload> TaskSource for Planned<W> {
     fn next_task(&mut self, _id: TaskId) -> Option<Result<Value>> {
@@ -218,55 +143,9 @@ impl<'de> Deserialize<'de> for Ignored {
     }
 }
 
-/// A shared array as a workload's workers see it.
-pub struct SharedArrayUse<'a> {
-    pub name: &'static str,
-    pub array: &'a SharedArray,
-    pub writable: bool,
-}
-
-impl<'a> SharedArrayUse<'a> {
-    pub fn read_only(name: &'static str, array: &'a SharedArray) -> Self {
-        SharedArrayUse {
-            name,
-            array,
-            writable: false,
-        }
-    }
-
-    pub fn writable(name: &'static str, array: &'a SharedArray) -> Self {
-        SharedArrayUse {
-            name,
-            array,
-            writable: true,
-        }
-    }
-}
-
-/// What a run reports: one line for people, one JSON value for scripts.
-pub struct Summary {
-    pub headline: String,
-    pub result: Value,
-}
-
-impl Summary {
-    pub fn new(headline: String, result: Value) -> Summary {
-        Summary { headline, result }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_unique_and_found() {
-        for registration in REGISTRY {
-            let found = find(registration.name).expect("registered");
-            assert!(std::ptr::eq(found, registration), "{}", registration.name);
-        }
-        assert!(find("bogus").is_none());
-    }
 
     #[test]
     fn any_answer_takes_any_json() {
