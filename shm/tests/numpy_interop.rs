@@ -214,7 +214,7 @@ fn a_worker_inheriting_the_descriptor_maps_the_shared_array_in_numpy() {
     }
     let values: Vec<f64> = (0..12).map(|i| value(i, "<f8")).collect();
     let mut array = SharedArray::from_f64("interop", &[3, 4], &values).unwrap();
-    array.rows_mut::<f64>(2..3).unwrap()[0] = 100.0;
+    array.write(2 * 4, &[100.0]).unwrap();
     // What the supervisor does for each worker it starts: let the worker
     // inherit the descriptor.
     fcntl(array.fd().as_fd(), FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
@@ -231,9 +231,9 @@ a.flush()
 "
     );
     python(&script, &[&array.worker_path()]);
-    assert_eq!(array.rows_slice::<f64>(1..2).unwrap(), &[-1.0; 4]);
+    assert_eq!(array.read_rows::<f64>(1..2).unwrap(), [-1.0; 4]);
     assert_eq!(
-        array.rows_slice::<f64>(2..3).unwrap()[..2],
+        array.read_rows::<f64>(2..3).unwrap()[..2],
         [100.0, value(9, "<f8")]
     );
 }
@@ -245,9 +245,8 @@ fn numpy_reads_shared_arrays_of_every_element_type_through_proc() {
     }
     fn filled<T: Element>(name: &str, fill: impl Fn(usize) -> T) -> SharedArray {
         let mut array = SharedArray::create(name, T::DTYPE, &[2, 3]).unwrap();
-        for (index, slot) in array.as_mut_slice::<T>().unwrap().iter_mut().enumerate() {
-            *slot = fill(index);
-        }
+        let values: Vec<T> = (0..6).map(fill).collect();
+        array.write(0, &values).unwrap();
         array
     }
     let arrays = [
