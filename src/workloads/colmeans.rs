@@ -154,6 +154,11 @@ impl Source {
              and return NaN); nothing to do",
             path.display()
         );
+        ensure!(
+            source.cols > 0,
+            "{}: the array has 0 columns, so it has no column means; nothing to do",
+            path.display()
+        );
         Ok(source)
     }
 
