@@ -396,31 +396,3 @@ fn the_temporary_dataset_never_has_a_name_even_after_kill_9() {
     let listed: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(listed.is_empty(), "left behind: {listed:?}");
 }
-
-/// numpy's `np.zeros((3, 0)).mean(axis=0)` is the empty array; so is ours, in either
-/// order, without a task (this shape once divided by zero while planning).
-#[test]
-fn an_array_of_no_columns_has_the_empty_array_as_its_means() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    for fortran in ["False", "True"] {
-        let dict = format!("{{'descr': '<f8', 'fortran_order': {fortran}, 'shape': (3, 0), }}");
-        let mut file = b"\x93NUMPY\x01\x00".to_vec();
-        let padded = format!("{dict:<117}\n");
-        file.extend_from_slice(&(padded.len() as u16).to_le_bytes());
-        file.extend_from_slice(padded.as_bytes());
-        std::fs::write(d.join("z.npy"), file).unwrap();
-        let output = Procpool::new([
-            "run", "colmeans", "--file", "z.npy", "--out", "m.npy", "--json", "--quiet",
-        ])
-        .in_dir(d)
-        .run(0);
-        let report = output.json();
-        assert_eq!(report["result"]["means"], serde_json::json!([]), "{output}");
-        assert_eq!(report["result"]["cols"], serde_json::json!(0), "{output}");
-        assert_eq!(report["tasks_total"], serde_json::json!(0), "{output}");
-        let written = std::fs::read(d.join("m.npy")).unwrap();
-        let header = String::from_utf8_lossy(&written[10..]);
-        assert!(header.contains("'shape': (0,)"), "{header}");
-    }
-}

@@ -125,18 +125,19 @@ pub enum ShmError {
         requested: String,
     },
 
-    /// A typed or row view was asked of an array stored in Fortran order.
+    /// Typed elements or rows were asked of an array stored in Fortran order.
     #[error(
-        "the array of shape {shape:?} is stored in Fortran (column-major) order, and typed views \
-         need C (row-major) order; save it with numpy.ascontiguousarray, or use data_bytes"
+        "the array of shape {shape:?} is stored in Fortran (column-major) order, and typed \
+         access needs C (row-major) order; save it with numpy.ascontiguousarray, or copy its \
+         raw bytes with read_bytes"
     )]
     FortranOrder {
         /// The shape.
         shape: Vec<usize>,
     },
 
-    /// A row view was asked of an array with no rows (0-d).
-    #[error("a 0-dimensional array has no rows; view it whole with as_slice")]
+    /// Rows were asked of an array with no rows (0-d).
+    #[error("a 0-dimensional array has no rows; read it whole with to_vec")]
     NoRows,
 
     /// A range reaches past the end of what it indexes.
@@ -198,30 +199,25 @@ pub enum ShmError {
         dtype_size: usize,
     },
 
-    /// Matrix slices whose lengths do not fit the dimensions of a product.
+    /// Shared arrays whose shapes do not make a matrix product `C = A·B`.
     #[error(
-        "matrix product {m}x{k} times {k}x{n}: {which} holds {got} elements, expected {expected}"
+        "cannot compute C = A·B with A of shape {a:?}, B of shape {b:?} and C of shape {c:?}: \
+         A must be m×k, B k×n and C m×n"
     )]
     ProductShape {
-        /// Rows of the left factor and of the product.
-        m: usize,
-        /// Columns of the left factor, rows of the right one.
-        k: usize,
-        /// Columns of the right factor and of the product.
-        n: usize,
-        /// Which operand is wrong: "a", "b" or "c".
-        which: &'static str,
-        /// Its length.
-        got: usize,
-        /// The length the dimensions call for.
-        expected: usize,
+        /// The shape of the left factor.
+        a: Vec<usize>,
+        /// The shape of the right factor.
+        b: Vec<usize>,
+        /// The shape of the product.
+        c: Vec<usize>,
     },
 
     /// A path handed to `SharedArray::open` is not a sealed memfd.
     #[error(
         "not a procpool shared array: the file can shrink under the mapping (no F_SEAL_SHRINK seal); \
-         open the /proc/self/fd path the supervisor passed in PROCPOOL_ARRAYS, or map regular \
-         files with FileMap"
+         open the /proc/self/fd path the supervisor passed in PROCPOOL_ARRAYS, or read regular \
+         files with FileWindow or read_npy_f64"
     )]
     NotSealed,
 

@@ -14,8 +14,8 @@ mod literal;
 
 use std::io::Read;
 
-pub(crate) use dtype::{cast_elements, cast_elements_mut};
 pub use dtype::{decode_f64, DType, Element, ElementKind};
+pub(crate) use dtype::{decode_f64_raw, element_bytes};
 pub use file::{read_npy_f64, write_npy, NpyWriter};
 
 use crate::error::{Result, ShmError};

@@ -7,12 +7,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::AtomicI32;
 
-use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
+use memmap2::{Advice, MmapOptions, MmapRaw};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
 use crate::error::{Result, ShmError};
-use crate::npy::{cast_elements, cast_elements_mut, encode_header, DType, Element, NpyHeader};
+use crate::npy::{element_bytes, encode_header, DType, Element, NpyHeader};
 
 /// An array in shared memory, stored as a complete `.npy` image (header and
 /// data) in a memfd.
@@ -27,34 +27,54 @@ use crate::npy::{cast_elements, cast_elements_mut, encode_header, DType, Element
 /// The memfd is sealed against growing and shrinking, so no process can
 /// truncate it under another's mapping.
 ///
+/// # Copies in, copies out
+///
+/// Other processes may write the memory at any moment, and Rust cannot see
+/// them: a `&[T]` into it would promise the compiler that nothing changes the
+/// elements while the borrow lives, a promise no process can keep for the
+/// others. So this type lends no plain reference into the mapping, ever.
+/// Elements are copied out ([`read`](SharedArray::read),
+/// [`read_rows`](SharedArray::read_rows), [`get`](SharedArray::get),
+/// [`to_vec`](SharedArray::to_vec)) and copied in
+/// ([`write`](SharedArray::write), [`write_rows`](SharedArray::write_rows),
+/// [`fill`](SharedArray::fill)) through raw pointers, each copy inside one
+/// call. Every element type accepts every bit pattern, so a copy that races
+/// with another process's write yields torn or stale numbers, never a broken
+/// invariant. The two views that must not copy are narrow: the atomic view
+/// ([`as_atomic_i32`](SharedArray::as_atomic_i32)), which is meant to be
+/// shared, and the matrix product kernel ([`crate::matmul_rows`]), which
+/// reads and writes the mapping through raw pointers for the length of one
+/// call.
+///
 /// # Cross-process contract
 ///
 /// Several processes may write *disjoint* row blocks at the same time (see
-/// [`rows_mut`](SharedArray::rows_mut)). No process may read a block while
-/// another process writes it: the slices handed out here assume that nobody
-/// else changes the memory while they are borrowed, and the supervisor
-/// ensures it by handing each block to one task at a time and reading results
-/// only after that task has reported back.
+/// [`write_rows`](SharedArray::write_rows)). A process that reads a block
+/// while another writes it gets a mix of old and new values, so the
+/// supervisor hands each block to one task at a time and reads results only
+/// after that task has reported back. Cells that several processes update at
+/// the same time go through atomics in every one of them.
+///
+/// ```
+/// # fn main() -> Result<(), procpool_shm::ShmError> {
+/// use procpool_shm::{Element, SharedArray};
+/// let mut array = SharedArray::create("doc", i32::DTYPE, &[2, 3])?;
+/// array.write_rows(1..2, &[4, 5, 6])?;
+/// array.write(0, &[1])?;
+/// assert_eq!(array.to_vec::<i32>()?, [1, 0, 0, 4, 5, 6]);
+/// assert_eq!(array.get::<i32>(4)?, 5);
+/// assert!(array.read::<f64>(0..1).is_err(), "the array holds i4, not f8");
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct SharedArray {
     header: NpyHeader,
-    mapping: Mapping,
+    /// The number of elements, from the validated header.
+    elements: usize,
+    /// The whole image, header included. Only raw pointers into it are formed.
+    map: MmapRaw,
+    writable: bool,
     fd: OwnedFd,
-}
-
-#[derive(Debug)]
-enum Mapping {
-    ReadWrite(MmapMut),
-    ReadOnly(Mmap),
-}
-
-impl Mapping {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Mapping::ReadWrite(map) => map,
-            Mapping::ReadOnly(map) => map,
-        }
-    }
 }
 
 impl SharedArray {
@@ -73,34 +93,41 @@ impl SharedArray {
             shape: shape.to_vec(),
             data_offset: header_bytes.len(),
         };
+        let elements = header.element_count()?;
+        let overflow = || ShmError::SizeOverflow {
+            shape: shape.to_vec(),
+            dtype: dtype.descr(),
+        };
         let total_len = header
             .data_len()?
             .checked_add(header.data_offset)
-            .ok_or_else(|| ShmError::SizeOverflow {
-                shape: shape.to_vec(),
-                dtype: dtype.descr(),
-            })?;
+            .ok_or_else(overflow)?;
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
             .map_err(|errno| ShmError::io("memfd_create", errno))?;
-        let file_len = i64::try_from(total_len).map_err(|_| ShmError::SizeOverflow {
-            shape: shape.to_vec(),
-            dtype: dtype.descr(),
-        })?;
+        let file_len = i64::try_from(total_len).map_err(|_| overflow())?;
         nix::unistd::ftruncate(&fd, file_len)
             .map_err(|errno| ShmError::io("sizing the shared array (ftruncate)", errno))?;
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))
             .map_err(|errno| ShmError::io("sealing the shared array (F_ADD_SEALS)", errno))?;
-        // SAFETY: the memfd was just sized to `total_len` and sealed against
-        // shrinking, so every byte of the mapping stays backed and access can
-        // never raise SIGBUS. Other processes may write it concurrently; the
-        // cross-process contract on `SharedArray` rules out conflicting access.
-        let mut map = unsafe { MmapOptions::new().len(total_len).map_mut(&fd) }
-            .map_err(|err| ShmError::io("mapping the shared array (mmap)", err))?;
-        map[..header_bytes.len()].copy_from_slice(&header_bytes);
+        let map = MmapOptions::new()
+            .len(total_len)
+            .map_raw(&fd)
+            .map_err(map_error)?;
+        // SAFETY: the mapping is writable and `total_len` bytes long, at least the
+        // header's length; the memfd is new, so no other process can touch it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                header_bytes.as_ptr(),
+                map.as_mut_ptr(),
+                header_bytes.len(),
+            );
+        }
         Ok(SharedArray {
             header,
-            mapping: Mapping::ReadWrite(map),
+            elements,
+            map,
+            writable: true,
             fd,
         })
     }
@@ -108,16 +135,15 @@ impl SharedArray {
     /// Creates a shared `f64` array of `shape` holding `data` in C order.
     pub fn from_f64(name: &str, shape: &[usize], data: &[f64]) -> Result<SharedArray> {
         let mut array = SharedArray::create(name, f64::DTYPE, shape)?;
-        let slice = array.as_mut_slice::<f64>()?;
-        if slice.len() != data.len() {
+        if array.elements != data.len() {
             return Err(ShmError::ElementCount {
                 shape: shape.to_vec(),
-                expected: slice.len(),
+                expected: array.elements,
                 got: data.len(),
                 action: "given",
             });
         }
-        slice.copy_from_slice(data);
+        array.write(0, data)?;
         Ok(array)
     }
 
@@ -127,8 +153,8 @@ impl SharedArray {
     /// The file must be a memfd sealed against shrinking, as
     /// [`create`](SharedArray::create) makes them; anything else could be
     /// truncated under the mapping and crash this process with SIGBUS, so it
-    /// is refused with [`ShmError::NotSealed`]. Map regular files with
-    /// [`crate::FileMap`] instead.
+    /// is refused with [`ShmError::NotSealed`]. Read regular files with
+    /// [`crate::FileWindow`] or [`crate::read_npy_f64`] instead.
     pub fn open(path: &Path, writable: bool) -> Result<SharedArray> {
         SharedArray::open_sealed(path, writable).map_err(|err| err.in_file(path))
     }
@@ -143,21 +169,24 @@ impl SharedArray {
         if !SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK) {
             return Err(ShmError::NotSealed);
         }
-        let mapping = if writable {
-            // SAFETY: the file is sealed against shrinking (checked above), so
-            // the mapping stays backed and access never raises SIGBUS;
-            // concurrent writers are bound by the contract on `SharedArray`.
-            Mapping::ReadWrite(unsafe { MmapMut::map_mut(&file) }.map_err(map_error)?)
+        // The header is read through the descriptor, not the mapping: what it
+        // says is fixed here, whatever another process writes over it later.
+        let header = NpyHeader::read_from(&mut &file)?;
+        let elements = header.element_count()?;
+        // The shrink seal (checked above) keeps every mapped byte backed, so
+        // access through the mapping never raises SIGBUS.
+        let map = if writable {
+            MmapOptions::new().map_raw(&file)
         } else {
-            // SAFETY: as above, the shrink seal keeps every mapped byte backed.
-            Mapping::ReadOnly(unsafe { Mmap::map(&file) }.map_err(map_error)?)
-        };
-        let bytes = mapping.bytes();
-        let header = NpyHeader::parse(bytes)?;
-        header.check_data_len(bytes.len().saturating_sub(header.data_offset) as u64)?;
+            MmapOptions::new().map_raw_read_only(&file)
+        }
+        .map_err(map_error)?;
+        header.check_data_len((map.len() as u64).saturating_sub(header.data_offset as u64))?;
         Ok(SharedArray {
             header,
-            mapping,
+            elements,
+            map,
+            writable,
             fd: file.into(),
         })
     }
@@ -192,7 +221,7 @@ impl SharedArray {
 
     /// Whether this mapping may be written.
     pub fn is_writable(&self) -> bool {
-        matches!(self.mapping, Mapping::ReadWrite(_))
+        self.writable
     }
 
     /// The descriptor of the memfd.
@@ -211,67 +240,139 @@ impl SharedArray {
         format!("/proc/self/fd/{}", self.raw_fd())
     }
 
-    /// The raw data bytes after the header, in the array's own order and byte
-    /// order, whatever they are.
-    pub fn data_bytes(&self) -> &[u8] {
+    /// A copy of the raw data bytes after the header, in the array's own
+    /// order and byte order, whatever they are (decode them with
+    /// [`crate::decode_f64`]).
+    pub fn read_bytes(&self) -> Vec<u8> {
         // The header was validated against the mapping's length.
-        &self.mapping.bytes()[self.header.data_offset..]
-            [..self.header.data_len().unwrap_or_default()]
+        let len = self.elements * self.header.dtype.size;
+        let mut bytes = vec![0; len];
+        // SAFETY: the data, `len` bytes from `data_offset`, lies inside the mapping
+        // (checked against its length when it was made); `bytes` is a fresh buffer
+        // of `len` bytes. A concurrent writer elsewhere changes the bytes copied,
+        // nothing else (see "Copies in, copies out" on the type).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.address(self.header.data_offset),
+                bytes.as_mut_ptr(),
+                len,
+            );
+        }
+        bytes
     }
 
-    /// All elements in C order. Fails unless `T` matches the dtype (in the
-    /// host's byte order) and the array is in C order.
-    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
-        self.check_view::<T>()?;
-        cast_elements(self.data_bytes()).ok_or_else(|| self.misaligned::<T>())
+    /// A copy of the elements `elements` (indices in C order). Fails unless
+    /// `T` matches the dtype (in the host's byte order) and the array is in C
+    /// order, and when `elements` reaches past the end.
+    pub fn read<T: Element>(&self, elements: Range<usize>) -> Result<Vec<T>> {
+        let bytes = self.byte_range::<T>(elements)?;
+        let count = bytes.len() / std::mem::size_of::<T>();
+        let mut values = Vec::<T>::with_capacity(count);
+        // SAFETY: `bytes` lies inside the mapping (`byte_range` checked it); the
+        // vector's buffer holds `count` elements of `T`, exactly `bytes.len()`
+        // bytes, and is not part of any mapping. The copy is bytewise, so the
+        // mapping's alignment does not matter, and every bit pattern is a valid
+        // `T` (the `Element` contract), so after it the `count` elements are
+        // initialised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.address(bytes.start),
+                values.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            );
+            values.set_len(count);
+        }
+        Ok(values)
     }
 
-    /// All elements in C order, writable. Fails like
-    /// [`as_slice`](SharedArray::as_slice), and when the array was opened
+    /// A copy of all elements in C order. Fails like [`read`](SharedArray::read).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.read(0..self.elements)
+    }
+
+    /// A copy of the elements of the rows in `rows`, in C order. Fails like
+    /// [`read`](SharedArray::read), for a 0-d array, and when `rows` reaches
+    /// past [`rows`](SharedArray::rows).
+    pub fn read_rows<T: Element>(&self, rows: Range<usize>) -> Result<Vec<T>> {
+        self.read(self.row_elements(rows)?)
+    }
+
+    /// Element `index` (in C order). Fails like [`read`](SharedArray::read).
+    pub fn get<T: Element>(&self, index: usize) -> Result<T> {
+        let bytes = self.byte_range::<T>(index..index.saturating_add(1))?;
+        // SAFETY: `bytes` is one element of `T` inside the mapping (`byte_range`
+        // checked it); the read is unaligned and by value, and every bit pattern
+        // is a valid `T`.
+        Ok(unsafe { self.address(bytes.start).cast::<T>().read_unaligned() })
+    }
+
+    /// Copies `values` into the elements from `first` on (in C order). Fails
+    /// like [`read`](SharedArray::read), and when the array was opened
     /// read-only.
-    pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {
-        self.check_view::<T>()?;
-        let misaligned = self.misaligned::<T>();
-        let range = self.header.data_offset..self.header.data_offset + self.header.data_len()?;
-        let Mapping::ReadWrite(map) = &mut self.mapping else {
-            return Err(ShmError::ReadOnly);
-        };
-        cast_elements_mut(&mut map[range]).ok_or(misaligned)
+    pub fn write<T: Element>(&mut self, first: usize, values: &[T]) -> Result<()> {
+        let bytes = self.writable_byte_range::<T>(first..first.saturating_add(values.len()))?;
+        let source = element_bytes(values);
+        // SAFETY: the mapping is writable and `bytes` lies inside it (both
+        // checked above); `source` is exactly `bytes.len()` bytes and cannot lie in
+        // any mapping of a shared array, since no safe code holds a plain
+        // reference into one. The copy is bytewise, so alignment does not matter.
+        unsafe {
+            std::ptr::copy_nonoverlapping(source.as_ptr(), self.address(bytes.start), source.len());
+        }
+        Ok(())
+    }
+
+    /// Copies `values`, which must hold exactly the elements of the rows in
+    /// `rows`, into those rows. Fails like [`read_rows`](SharedArray::read_rows),
+    /// when the length is wrong, and when the array was opened read-only.
+    ///
+    /// Processes may write disjoint row blocks of the same array at the same
+    /// time.
+    pub fn write_rows<T: Element>(&mut self, rows: Range<usize>, values: &[T]) -> Result<()> {
+        let elements = self.row_elements(rows.clone())?;
+        if elements.len() != values.len() {
+            return Err(ShmError::ElementCount {
+                shape: vec![rows.len(), self.cols()],
+                expected: elements.len(),
+                got: values.len(),
+                action: "given",
+            });
+        }
+        self.write(elements.start, values)
+    }
+
+    /// Sets every element to `value`. Fails like [`write`](SharedArray::write).
+    pub fn fill<T: Element>(&mut self, value: T) -> Result<()> {
+        let bytes = self.writable_byte_range::<T>(0..self.elements)?;
+        let first = self.address(bytes.start).cast::<T>();
+        for index in 0..self.elements {
+            // SAFETY: the mapping is writable and holds `elements` values of `T`
+            // from `first` (checked above); the write is unaligned.
+            unsafe { first.add(index).write_unaligned(value) };
+        }
+        Ok(())
     }
 
     /// All elements of a writable `i4` array as atomics, for workers that update the
     /// same cells concurrently (claiming them with compare-and-swap) instead of
     /// writing disjoint row blocks. Every process touching the array at the same time
-    /// must go through atomics too; the `&mut self` borrow keeps this process's other
-    /// views away while the atomic one lives.
+    /// must go through atomics too; the `&mut self` borrow keeps this process's
+    /// copies in and out of this mapping away while the atomic view lives.
     pub fn as_atomic_i32(&mut self) -> Result<&[AtomicI32]> {
-        let cells: *mut [i32] = self.as_mut_slice::<i32>()?;
-        // SAFETY: `AtomicI32` has the size and alignment of `i32` (std guarantees
-        // it); `as_mut_slice` checked alignment, length and writability; the result
-        // borrows `self` mutably, so no plain view through this mapping exists while
-        // the atomic one is alive. Other mappings of the same memfd (in this process
-        // or another) are outside what a borrow can see: the type's cross-process
-        // contract says they must use atomics too while this view is in use.
-        Ok(unsafe { &*(cells as *const [AtomicI32]) })
-    }
-
-    /// The elements of the rows in `rows`, in C order. Fails like
-    /// [`as_slice`](SharedArray::as_slice), for a 0-d array, and when `rows`
-    /// reaches past [`rows`](SharedArray::rows).
-    pub fn rows_slice<T: Element>(&self, rows: Range<usize>) -> Result<&[T]> {
-        let elements = self.row_elements(rows)?;
-        Ok(&self.as_slice()?[elements])
-    }
-
-    /// The elements of the rows in `rows`, writable. Fails like
-    /// [`rows_slice`](SharedArray::rows_slice), and when the array was opened
-    /// read-only.
-    ///
-    /// Processes may write disjoint row blocks of the same array at the same
-    /// time.
-    pub fn rows_mut<T: Element>(&mut self, rows: Range<usize>) -> Result<&mut [T]> {
-        let elements = self.row_elements(rows)?;
-        Ok(&mut self.as_mut_slice()?[elements])
+        let bytes = self.writable_byte_range::<i32>(0..self.elements)?;
+        let first = self.address(bytes.start);
+        if !first.cast::<AtomicI32>().is_aligned() {
+            return Err(self.misaligned::<i32>());
+        }
+        // SAFETY: the `elements` values from `first` lie inside the writable
+        // mapping (checked above) and `first` is aligned for `AtomicI32`, which has
+        // the size and alignment of `i32` (std guarantees it) and accepts every bit
+        // pattern. Atomics may be written through a shared reference, so other
+        // processes' atomic updates break nothing; the result borrows `self`
+        // mutably, so this value makes no plain copies meanwhile. Other mappings of
+        // the same memfd (in this process or another) are outside what a borrow can
+        // see: the type's contract says they must use atomics too meanwhile.
+        Ok(unsafe { std::slice::from_raw_parts(first.cast::<AtomicI32>(), self.elements) })
     }
 
     /// Maps the pages of the rows in `rows` into this process now, in one system call
@@ -292,14 +393,32 @@ impl SharedArray {
         if len == 0 {
             return Ok(());
         }
-        let advised = match &self.mapping {
-            Mapping::ReadWrite(map) => map.advise_range(Advice::PopulateWrite, offset, len),
-            Mapping::ReadOnly(map) => map.advise_range(Advice::PopulateRead, offset, len),
+        let advice = if self.writable {
+            Advice::PopulateWrite
+        } else {
+            Advice::PopulateRead
         };
-        match advised {
+        match self.map.advise_range(advice, offset, len) {
             Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => Ok(()),
             other => other.map_err(|err| ShmError::io("prefaulting pages (madvise)", err)),
         }
+    }
+
+    /// For the matrix product kernel: the address of the first element of an
+    /// `f64` array in C order, checked to be aligned. Only raw pointers may
+    /// be made from it (see "Copies in, copies out" on the type).
+    pub(crate) fn f64_elements(&self) -> Result<*mut f64> {
+        let bytes = self.byte_range::<f64>(0..self.elements)?;
+        let first = self.address(bytes.start).cast::<f64>();
+        if !first.is_aligned() {
+            return Err(self.misaligned::<f64>());
+        }
+        Ok(first)
+    }
+
+    /// The address of byte `offset` of the mapping, for raw access only.
+    fn address(&self, offset: usize) -> *mut u8 {
+        self.map.as_mut_ptr().wrapping_add(offset)
     }
 
     /// The element range of `rows`, checked against the shape.
@@ -316,6 +435,32 @@ impl SharedArray {
         }
         // Both products are at most the element count, which fits.
         Ok(rows.start * self.cols()..rows.end * self.cols())
+    }
+
+    /// The bytes in the mapping of `elements` viewed as `T`: checks that `T`
+    /// is the dtype, that the array is in C order, and that `elements` lies
+    /// inside it.
+    fn byte_range<T: Element>(&self, elements: Range<usize>) -> Result<Range<usize>> {
+        self.check_view::<T>()?;
+        if elements.start > elements.end || elements.end > self.elements {
+            return Err(ShmError::OutOfRange {
+                what: "elements",
+                range: elements,
+                len: self.elements,
+            });
+        }
+        // At most the data's length, which the validated header keeps in range.
+        let offset = |index: usize| self.header.data_offset + index * std::mem::size_of::<T>();
+        Ok(offset(elements.start)..offset(elements.end))
+    }
+
+    /// Like [`byte_range`](SharedArray::byte_range), for a write.
+    fn writable_byte_range<T: Element>(&self, elements: Range<usize>) -> Result<Range<usize>> {
+        let bytes = self.byte_range::<T>(elements)?;
+        if !self.writable {
+            return Err(ShmError::ReadOnly);
+        }
+        Ok(bytes)
     }
 
     fn check_view<T: Element>(&self) -> Result<()> {
@@ -357,7 +502,7 @@ mod tests {
     fn atomic_views_claim_each_cell_once_across_mappings() {
         use std::sync::atomic::Ordering;
         let mut first = SharedArray::create("claims", i32::DTYPE, &[8]).unwrap();
-        first.as_mut_slice::<i32>().unwrap().fill(-1);
+        first.fill(-1i32).unwrap();
         let mut second = open_twin(&first, true);
         let (a, b) = (
             first.as_atomic_i32().unwrap(),
@@ -371,10 +516,16 @@ mod tests {
             Err(7),
             "the other mapping sees the claim"
         );
+        assert_eq!(first.get::<i32>(3).unwrap(), 7);
         let mut floats = SharedArray::create("f", DType::F64_LE, &[2]).unwrap();
         assert!(
             floats.as_atomic_i32().is_err(),
             "only i4 arrays have an atomic view"
+        );
+        let mut read_only = open_twin(&first, false);
+        assert!(
+            matches!(read_only.as_atomic_i32(), Err(ShmError::ReadOnly)),
+            "a compare-and-swap on a read-only mapping would fault"
         );
     }
 
@@ -392,18 +543,18 @@ mod tests {
         writer.prefault_rows(1024..2048).unwrap();
         let after = allocated_kib(&created);
         assert!(after >= before + 4000, "{before} KiB -> {after} KiB");
-        writer.rows_mut::<f64>(1500..1501).unwrap()[7] = 2.5;
+        writer.write(1500 * 512 + 7, &[2.5f64]).unwrap();
         writer.prefault_rows(1400..1600).unwrap();
-        assert_eq!(created.rows_slice::<f64>(1500..1501).unwrap()[7], 2.5);
+        assert_eq!(created.read_rows::<f64>(1500..1501).unwrap()[7], 2.5);
         assert!(created
-            .rows_slice::<f64>(1024..1500)
+            .read_rows::<f64>(1024..1500)
             .unwrap()
             .iter()
             .all(|&v| v == 0.0));
 
         let reader = open_twin(&created, false);
         reader.prefault_rows(0..2048).unwrap();
-        assert_eq!(reader.rows_slice::<f64>(1500..1501).unwrap()[7], 2.5);
+        assert_eq!(reader.get::<f64>(1500 * 512 + 7).unwrap(), 2.5);
         assert!(
             reader.prefault_rows(2000..2049).is_err(),
             "past the last row"
@@ -414,25 +565,19 @@ mod tests {
     fn create_then_open_shares_data_both_ways() {
         let mut created = SharedArray::create("test", DType::F64_LE, &[4, 3]).unwrap();
         assert_eq!((created.rows(), created.cols()), (4, 3));
-        assert!(created.as_slice::<f64>().unwrap().iter().all(|&v| v == 0.0));
-        created
-            .rows_mut::<f64>(1..2)
-            .unwrap()
-            .copy_from_slice(&[1.0, 2.0, 3.0]);
+        assert!(created.to_vec::<f64>().unwrap().iter().all(|&v| v == 0.0));
+        created.write_rows(1..2, &[1.0, 2.0, 3.0]).unwrap();
 
         let mut opened = open_twin(&created, true);
         assert_eq!(opened.header(), created.header());
-        assert_eq!(opened.rows_slice::<f64>(1..2).unwrap(), &[1.0, 2.0, 3.0]);
-        opened
-            .rows_mut::<f64>(3..4)
-            .unwrap()
-            .copy_from_slice(&[7.0, 8.0, 9.0]);
-        assert_eq!(created.rows_slice::<f64>(3..4).unwrap(), &[7.0, 8.0, 9.0]);
-        assert_eq!(created.as_slice::<f64>().unwrap()[3..6], [1.0, 2.0, 3.0]);
+        assert_eq!(opened.read_rows::<f64>(1..2).unwrap(), [1.0, 2.0, 3.0]);
+        opened.write_rows(3..4, &[7.0, 8.0, 9.0]).unwrap();
+        assert_eq!(created.read_rows::<f64>(3..4).unwrap(), [7.0, 8.0, 9.0]);
+        assert_eq!(created.read::<f64>(3..6).unwrap(), [1.0, 2.0, 3.0]);
 
         let read_only = open_twin(&created, false);
         assert!(!read_only.is_writable());
-        assert_eq!(read_only.as_slice::<f64>().unwrap()[9..], [7.0, 8.0, 9.0]);
+        assert_eq!(read_only.to_vec::<f64>().unwrap()[9..], [7.0, 8.0, 9.0]);
     }
 
     #[test]
@@ -444,7 +589,7 @@ mod tests {
         assert_eq!(header.data_offset % 64, 0);
         assert_eq!(bytes.len(), header.data_offset + 32);
         assert_eq!(&bytes[header.data_offset + 24..], &4.0f64.to_ne_bytes());
-        assert_eq!(array.data_bytes(), &bytes[header.data_offset..]);
+        assert_eq!(array.read_bytes(), &bytes[header.data_offset..]);
     }
 
     #[test]
@@ -461,42 +606,45 @@ mod tests {
             file.set_len(1 << 20).is_err(),
             "growing a sealed memfd must fail"
         );
-        assert_eq!(array.as_slice::<f32>().unwrap().len(), 8);
+        assert_eq!(array.to_vec::<f32>().unwrap().len(), 8);
     }
 
     #[test]
     fn empty_and_zero_dimensional_arrays_work() {
         let mut empty = SharedArray::create("empty", DType::F64_LE, &[0, 5]).unwrap();
         assert_eq!((empty.rows(), empty.cols()), (0, 5));
-        assert_eq!(empty.as_mut_slice::<f64>().unwrap(), &mut [] as &mut [f64]);
-        assert_eq!(empty.rows_slice::<f64>(0..0).unwrap(), &[] as &[f64]);
+        assert_eq!(empty.to_vec::<f64>().unwrap(), Vec::<f64>::new());
+        empty.fill(1.0f64).unwrap();
+        empty.write_rows::<f64>(0..0, &[]).unwrap();
+        assert_eq!(empty.read_rows::<f64>(0..0).unwrap(), Vec::<f64>::new());
+        assert!(empty.get::<f64>(0).is_err());
         assert_eq!(open_twin(&empty, false).shape(), &[0, 5]);
 
         let mut scalar = SharedArray::create("scalar", u8::DTYPE, &[]).unwrap();
-        scalar.as_mut_slice::<u8>().unwrap()[0] = 42;
+        scalar.write(0, &[42u8]).unwrap();
         assert_eq!(scalar.rows(), 0);
         assert!(matches!(
-            scalar.rows_slice::<u8>(0..0),
+            scalar.read_rows::<u8>(0..0),
             Err(ShmError::NoRows)
         ));
-        assert_eq!(open_twin(&scalar, false).as_slice::<u8>().unwrap(), &[42]);
+        assert_eq!(open_twin(&scalar, false).to_vec::<u8>().unwrap(), [42]);
     }
 
     #[test]
-    fn views_refuse_wrong_types_ranges_and_read_only_writes() {
+    fn copies_refuse_wrong_types_ranges_lengths_and_read_only_writes() {
         let mut array = SharedArray::create("checks", i32::DTYPE, &[3, 2]).unwrap();
-        let err = array.as_slice::<f32>().unwrap_err();
+        let err = array.to_vec::<f32>().unwrap_err();
         assert!(matches!(err, ShmError::DTypeMismatch { .. }), "{err:?}");
         assert!(
             err.to_string().contains("holds <i4 but was used as <f4"),
             "{err}"
         );
         assert!(matches!(
-            array.as_mut_slice::<i64>(),
+            array.write(0, &[1i64]),
             Err(ShmError::DTypeMismatch { .. })
         ));
 
-        let err = array.rows_slice::<i32>(2..4).unwrap_err();
+        let err = array.read_rows::<i32>(2..4).unwrap_err();
         assert_eq!(
             err.to_string(),
             "rows 2..4 is out of range: there are only 3"
@@ -504,24 +652,36 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)]
         let backwards = 2..1;
         assert!(matches!(
-            array.rows_mut::<i32>(backwards),
+            array.write_rows::<i32>(backwards, &[]),
             Err(ShmError::OutOfRange { .. })
         ));
-        array
-            .rows_mut::<i32>(2..3)
-            .unwrap()
-            .copy_from_slice(&[5, 6]);
+        let err = array.write(5, &[1i32, 2]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "elements 5..7 is out of range: there are only 6"
+        );
+        assert!(array.write(usize::MAX, &[1i32]).is_err(), "no overflow");
+        assert!(array.get::<i32>(6).is_err());
+        let err = array.write_rows(1..2, &[1i32, 2, 3]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("holds 2 elements but 3 were given"),
+            "{err}"
+        );
+        array.write_rows(2..3, &[5i32, 6]).unwrap();
 
         let mut read_only = open_twin(&array, false);
-        assert_eq!(read_only.rows_slice::<i32>(1..3).unwrap(), &[0, 0, 5, 6]);
+        assert_eq!(read_only.read_rows::<i32>(1..3).unwrap(), [0, 0, 5, 6]);
         assert!(matches!(
-            read_only.as_mut_slice::<i32>(),
+            read_only.write(0, &[1i32]),
             Err(ShmError::ReadOnly)
         ));
         assert!(matches!(
-            read_only.rows_mut::<i32>(0..1),
+            read_only.write_rows(0..1, &[1i32, 2]),
             Err(ShmError::ReadOnly)
         ));
+        assert!(matches!(read_only.fill(0i32), Err(ShmError::ReadOnly)));
+        assert_eq!(read_only.get::<i32>(5).unwrap(), 6, "nothing was written");
     }
 
     #[test]
@@ -585,35 +745,52 @@ mod tests {
     }
 
     #[test]
+    fn the_header_is_fixed_when_opened_whatever_is_written_over_it() {
+        let created = SharedArray::create("fixed", DType::F64_LE, &[4]).unwrap();
+        let mut opened = open_twin(&created, true);
+        // Another process scribbles over the header; this mapping keeps its shape.
+        let file = std::fs::File::from(created.fd().try_clone_to_owned().unwrap());
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0xff; 64], 0).unwrap();
+        assert_eq!(opened.shape(), &[4]);
+        opened.write(3, &[1.5f64]).unwrap();
+        assert_eq!(created.get::<f64>(3).unwrap(), 1.5);
+        let err = SharedArray::open(Path::new(&created.worker_path()), false).unwrap_err();
+        assert!(err.to_string().contains("not a .npy file"), "{err}");
+    }
+
+    #[test]
     fn fortran_arrays_are_only_raw_bytes() {
         let mut image = encode_header(DType::F64_LE, &[2, 2], true);
         image.extend_from_slice(&[0; 32]);
         let (_file, path) = sealed_memfd(&image);
         let array = SharedArray::open(Path::new(&path), false).unwrap();
         assert!(matches!(
-            array.as_slice::<f64>(),
+            array.to_vec::<f64>(),
             Err(ShmError::FortranOrder { .. })
         ));
-        assert_eq!(array.data_bytes().len(), 32);
+        assert_eq!(array.read_bytes().len(), 32);
     }
 
     #[test]
-    fn misaligned_data_is_an_error_not_undefined_behaviour() {
+    fn misaligned_data_is_copied_but_has_no_atomic_or_kernel_view() {
         // A hand-built header of odd length puts the data at an odd offset.
-        let dict = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,)}";
+        let dict = "{'descr': '<i4', 'fortran_order': False, 'shape': (2,)}";
         let mut image = b"\x93NUMPY\x01\x00".to_vec();
         image.extend_from_slice(&(dict.len() as u16).to_le_bytes());
         image.extend_from_slice(dict.as_bytes());
         assert_eq!(image.len() % 2, 1);
-        image.extend_from_slice(&[0; 16]);
+        image.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
         let (_file, path) = sealed_memfd(&image);
-        let array = SharedArray::open(Path::new(&path), false).unwrap();
-        let err = array.as_slice::<f64>().unwrap_err();
+        let mut array = SharedArray::open(Path::new(&path), true).unwrap();
+        assert_eq!(array.to_vec::<i32>().unwrap(), [1, 2]);
+        array.write(1, &[-3i32]).unwrap();
+        assert_eq!(array.get::<i32>(1).unwrap(), -3);
+        let err = array.as_atomic_i32().unwrap_err();
         assert!(
-            matches!(err, ShmError::Misaligned { align: 8, .. }),
+            matches!(err, ShmError::Misaligned { align: 4, .. }),
             "{err:?}"
         );
-        assert_eq!(array.data_bytes().len(), 16);
+        assert_eq!(array.read_bytes().len(), 8);
     }
 
     #[test]

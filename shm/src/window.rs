@@ -6,28 +6,30 @@ use std::ops::Range;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap, MmapOptions, UncheckedAdvice};
+use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 
 use crate::error::{Result, ShmError};
-use crate::npy::{decode_f64, DType};
+use crate::npy::{decode_f64_raw, DType};
 
 /// A read-only, shared map of bytes `start..end` of a file, whose contents are
 /// only ever *copied out* (decoded into the caller's buffer), never lent.
 ///
-/// This is the safe counterpart of [`crate::FileMap`] for out-of-core work.
-/// `FileMap` lends `&[u8]` into the mapping, so its constructor is `unsafe`:
-/// the caller must promise that nobody changes the file while a borrow lives.
-/// `FileWindow` lends nothing: every read goes through
-/// [`decode_f64`](FileWindow::decode_f64), which copies elements into an `f64`
-/// buffer the caller owns and accepts every bit pattern. What remains of the
-/// hazard is therefore not undefined behaviour but a crash:
+/// The file is not this process's: anyone may write it, or truncate it, while
+/// it is mapped. So `FileWindow` lends no reference into the mapping: every
+/// read goes through [`decode_f64`](FileWindow::decode_f64), which reads each
+/// element once, by value, through a raw pointer, into an `f64` buffer the
+/// caller owns, and accepts every bit pattern. What remains of the hazard is
+/// therefore not undefined behaviour but a crash, which is why the
+/// constructor can be safe:
 ///
 /// - **SIGBUS.** If the file is truncated after [`open`](FileWindow::open)
 ///   checked its length, reading a page past the new end raises SIGBUS, and
 ///   the process dies of it. That is the contract procpool is built around: a
 ///   worker that dies is reported, replaced, and its task retried then
 ///   quarantined; the supervisor never maps worker inputs, so it survives.
+///   Do not use a `FileWindow` in a process that must not die of a file
+///   someone else shrinks; read such files with [`crate::read_npy_f64`].
 /// - **Concurrent writes** show up as torn or changed values in the decoded
 ///   numbers, not as broken invariants.
 ///
@@ -58,7 +60,7 @@ pub struct FileWindow {
     /// The file offset of the window's first byte.
     start: u64,
     /// `None` for an empty window (mmap refuses zero lengths).
-    map: Option<Mmap>,
+    map: Option<MmapRaw>,
 }
 
 impl FileWindow {
@@ -91,16 +93,13 @@ impl FileWindow {
             let map = if len == 0 {
                 None
             } else {
-                // SAFETY: the mapping is read-only and private to this value, and
-                // no reference into it ever leaves this module: reads copy the
-                // bytes out through `decode_f64`, for which any bit pattern is a
-                // valid input. So a concurrent writer can change the values
-                // decoded, but cannot break an invariant Rust relies on; a
-                // truncation makes the copy raise SIGBUS, which ends the process
-                // (documented on the type) rather than letting it go on with
-                // bad memory. memmap2 aligns the offset to a page and adjusts
-                // the pointer.
-                let map = unsafe { MmapOptions::new().offset(range.start).len(len).map(&file) }
+                // Read-only and never lent (see the type), so a raw map needs no
+                // promise from the caller. memmap2 aligns the offset to a page and
+                // adjusts the pointer.
+                let map = MmapOptions::new()
+                    .offset(range.start)
+                    .len(len)
+                    .map_raw_read_only(&file)
                     .map_err(|err| ShmError::io("mapping the file (mmap)", err))?;
                 Some(map)
             };
@@ -126,15 +125,18 @@ impl FileWindow {
 
     /// Decodes the elements of `dtype` stored at `range` (relative to the
     /// window's start) into `out`, which must hold exactly
-    /// `range.len() / dtype.size` elements. See [`decode_f64`].
+    /// `range.len() / dtype.size` elements. See [`crate::decode_f64`].
     pub fn decode_f64(&self, range: Range<usize>, dtype: DType, out: &mut [f64]) -> Result<()> {
         let (offset, len) = self.checked(range)?;
-        let Some(map) = &self.map else {
-            return decode_f64(dtype, &[], out);
+        let start = match &self.map {
+            Some(map) => map.as_ptr().wrapping_add(offset),
+            None => std::ptr::NonNull::<u8>::dangling().as_ptr(),
         };
-        // The borrow of the mapping lives only for this call, inside this
-        // crate: see the SAFETY note in `open`.
-        decode_f64(dtype, &map[offset..offset + len], out)
+        // SAFETY: `offset..offset + len` lies inside the mapping (`checked`), or is
+        // empty for an empty window, where a dangling pointer is valid for reads of
+        // zero bytes. The decode reads by value and lends nothing (see the type);
+        // a truncated file makes it raise SIGBUS, which ends the process.
+        unsafe { decode_f64_raw(dtype, start, len, out) }
     }
 
     /// Asks the kernel to start reading `range` in the background
@@ -171,7 +173,8 @@ impl FileWindow {
             // SAFETY: MADV_DONTNEED on a read-only shared file mapping only
             // drops page-table entries; later reads refault the same bytes
             // from the file, so even a decode running at the same time on
-            // another thread reads the same bytes (see `open`).
+            // another thread reads the same bytes. No reference into the
+            // mapping exists to be invalidated (see the type).
             Some(map) if len > 0 => {
                 unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) }
                     .map_err(|err| ShmError::io("releasing pages (madvise)", err))

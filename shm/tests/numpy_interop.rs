@@ -6,50 +6,12 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Command;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use procpool_shm::{read_npy_f64, write_npy, DType, Element, NpyWriter, SharedArray};
 
-/// Whether python3 can import numpy; panics instead of skipping when
-/// `PROCPOOL_REQUIRE_NUMPY=1`.
-fn numpy_available(test: &str) -> bool {
-    let imported = Command::new("python3")
-        .args(["-c", "import numpy"])
-        .status()
-        .is_ok_and(|status| status.success());
-    if imported {
-        return true;
-    }
-    if std::env::var("PROCPOOL_REQUIRE_NUMPY").as_deref() == Ok("1") {
-        panic!("PROCPOOL_REQUIRE_NUMPY=1 but python3 cannot import numpy: pip install numpy");
-    }
-    // Written to stderr directly, past the test harness's output capture, so
-    // the skip shows in a normal `cargo test` run.
-    let notice = format!(
-        "SKIPPED {test}: python3 cannot import numpy (PROCPOOL_REQUIRE_NUMPY=1 fails instead)\n"
-    );
-    std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes()).ok();
-    false
-}
-
-/// Runs `script` with `python3 -c`, passing `args`; panics with its stderr
-/// unless it exits 0. Returns its stdout.
-fn python(script: &str, args: &[&str]) -> String {
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python3 failed ({}):\n{stderr}",
-        output.status
-    );
-    String::from_utf8(output.stdout).expect("python prints UTF-8")
-}
+mod numpy;
+use numpy::{numpy_available, python};
 
 /// The value at C-order index `index` of every test array, shared with the
 /// Python side (`value(i, kind)` below): exact in every supported dtype.
@@ -214,7 +176,7 @@ fn a_worker_inheriting_the_descriptor_maps_the_shared_array_in_numpy() {
     }
     let values: Vec<f64> = (0..12).map(|i| value(i, "<f8")).collect();
     let mut array = SharedArray::from_f64("interop", &[3, 4], &values).unwrap();
-    array.rows_mut::<f64>(2..3).unwrap()[0] = 100.0;
+    array.write(2 * 4, &[100.0]).unwrap();
     // What the supervisor does for each worker it starts: let the worker
     // inherit the descriptor.
     fcntl(array.fd().as_fd(), FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
@@ -231,9 +193,9 @@ a.flush()
 "
     );
     python(&script, &[&array.worker_path()]);
-    assert_eq!(array.rows_slice::<f64>(1..2).unwrap(), &[-1.0; 4]);
+    assert_eq!(array.read_rows::<f64>(1..2).unwrap(), [-1.0; 4]);
     assert_eq!(
-        array.rows_slice::<f64>(2..3).unwrap()[..2],
+        array.read_rows::<f64>(2..3).unwrap()[..2],
         [100.0, value(9, "<f8")]
     );
 }
@@ -245,9 +207,8 @@ fn numpy_reads_shared_arrays_of_every_element_type_through_proc() {
     }
     fn filled<T: Element>(name: &str, fill: impl Fn(usize) -> T) -> SharedArray {
         let mut array = SharedArray::create(name, T::DTYPE, &[2, 3]).unwrap();
-        for (index, slot) in array.as_mut_slice::<T>().unwrap().iter_mut().enumerate() {
-            *slot = fill(index);
-        }
+        let values: Vec<T> = (0..6).map(fill).collect();
+        array.write(0, &values).unwrap();
         array
     }
     let arrays = [

@@ -154,6 +154,11 @@ impl Source {
              and return NaN); nothing to do",
             path.display()
         );
+        ensure!(
+            source.cols > 0,
+            "{}: the array has 0 columns, so it has no column means; nothing to do",
+            path.display()
+        );
         Ok(source)
     }
 
@@ -182,15 +187,11 @@ struct Tile {
     cols: (usize, usize),
 }
 
-/// Splits the array into tiles of about `elements` elements. An array of 0 columns
-/// has no tiles: its means are the empty array, as numpy's are.
+/// Splits the array into tiles of about `elements` elements.
 fn tiles_of(source: &Source, elements: usize) -> Vec<Tile> {
     let (rows, cols) = (source.rows, source.cols);
     let elements = elements.max(1);
     let mut tiles = Vec::new();
-    if cols == 0 {
-        return tiles;
-    }
     if !source.by_columns() {
         let step = (elements / cols).max(1);
         for lo in (0..rows).step_by(step) {

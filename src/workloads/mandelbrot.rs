@@ -170,7 +170,7 @@ impl Workload for Mandelbrot {
             self.checksum
         );
         if let Some(path) = &self.out {
-            write_png(path, &self.view, self.image.as_slice::<i32>()?)?;
+            write_png(path, &self.view, &self.image.to_vec::<i32>()?)?;
             headline.push_str(&format!("; image written to {}", path.display()));
         }
         Ok(Summary::new(
@@ -198,11 +198,18 @@ fn worker_side() -> Result<TypedHandler<Mandelbrot>, String> {
                 view.width
             ));
         }
-        let rows = image
-            .rows_mut::<i32>(lo..hi)
+        if lo > hi || hi > view.height {
+            return Err(format!(
+                "rows {lo}..{hi} are outside the {}-row image",
+                view.height
+            ));
+        }
+        let mut rows = vec![0; (hi - lo) * view.width];
+        view.rows(lo, hi, &mut rows);
+        image
+            .write_rows(lo..hi, &rows)
             .map_err(|err| err.to_string())?;
-        view.rows(lo, hi, rows);
-        Ok(checksum(rows))
+        Ok(checksum(&rows))
     }))
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use procpool_child::{TaskId, WorkerEnv};
-use procpool_shm::{matmul_into, read_npy_f64, write_npy, Element, SharedArray};
+use procpool_shm::{matmul_rows, read_npy_f64, write_npy, Element, SharedArray};
 use procpool_supervisor::PoolReport;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -104,9 +104,9 @@ impl Matmul {
     /// A·(B·x) (Freivalds), and sampled entries must equal their dot products.
     fn verify(&self) -> Result<()> {
         let (a, b, c) = (
-            self.a.as_slice::<f64>()?,
-            self.b.as_slice::<f64>()?,
-            self.c.as_slice::<f64>()?,
+            self.a.to_vec::<f64>()?,
+            self.b.to_vec::<f64>()?,
+            self.c.to_vec::<f64>()?,
         );
         let (m, k, n) = (self.a.shape()[0], self.a.shape()[1], self.b.shape()[1]);
         let mut rng = SplitMix64::new(0x5eed);
@@ -152,8 +152,10 @@ fn load(name: &str, path: &std::path::Path) -> Result<SharedArray> {
 fn generated(name: &str, rows: usize, cols: usize, seed: u64) -> Result<SharedArray> {
     let mut array = SharedArray::create(name, f64::DTYPE, &[rows, cols])?;
     let mut rng = SplitMix64::new(seed);
-    for value in array.as_mut_slice::<f64>()? {
-        *value = 2.0 * rng.unit() - 1.0;
+    let mut row = vec![0.0; cols];
+    for index in 0..rows {
+        row.fill_with(|| 2.0 * rng.unit() - 1.0);
+        array.write_rows(index..index + 1, &row)?;
     }
     Ok(array)
 }
@@ -286,7 +288,7 @@ impl Workload for Matmul {
             checked = json!(started.elapsed().as_secs_f64());
         }
         if let Some(path) = &self.args.out {
-            write_npy(path, &[m, n], self.c.as_slice::<f64>()?)
+            write_npy(path, &[m, n], &self.c.to_vec::<f64>()?)
                 .with_context(|| format!("writing C to {}", path.display()))?;
         }
         let mut headline = format!("C = A·B, {m}x{k} · {k}x{n}, {gflops:.1} GFLOP/s");
@@ -331,7 +333,6 @@ fn worker_side() -> Result<TypedHandler<Matmul>, String> {
     let a = env.open_array("a")?;
     let b = env.open_array("b")?;
     let mut c = env.open_array("c")?;
-    let (k, n) = (b.shape()[0], b.shape()[1]);
     let mut b_mapped = false;
     Ok(Box::new(move |Input { lo, hi }| {
         let started = Instant::now();
@@ -340,14 +341,12 @@ fn worker_side() -> Result<TypedHandler<Matmul>, String> {
         c.prefault_rows(lo..hi).map_err(|err| err.to_string())?;
         a.prefault_rows(lo..hi).map_err(|err| err.to_string())?;
         if !b_mapped {
-            b.prefault_rows(0..k).map_err(|err| err.to_string())?;
+            b.prefault_rows(0..b.rows())
+                .map_err(|err| err.to_string())?;
             b_mapped = true;
         }
         let prefaulted = Instant::now();
-        let a_rows = a.rows_slice::<f64>(lo..hi).map_err(|err| err.to_string())?;
-        let b_all = b.as_slice::<f64>().map_err(|err| err.to_string())?;
-        let c_rows = c.rows_mut::<f64>(lo..hi).map_err(|err| err.to_string())?;
-        matmul_into(a_rows, b_all, c_rows, hi - lo, k, n).map_err(|err| err.to_string())?;
+        matmul_rows(&a, &b, &mut c, lo..hi).map_err(|err| err.to_string())?;
         Ok(Output::Timed {
             rows: (hi - lo) as u64,
             prefault_s: Some((prefaulted - started).as_secs_f64()),

@@ -210,13 +210,12 @@ impl BigMaze {
         let serial_length = maze.solve();
         let serial_s = serial_started.elapsed().as_secs_f64();
         let mut walls = SharedArray::create("walls", u8::DTYPE, &[size, size])?;
-        walls.as_mut_slice::<u8>()?.copy_from_slice(&maze.open);
+        walls.write(0, &maze.open)?;
         let mut distance = SharedArray::create("distance", i32::DTYPE, &[size, size])?;
-        let distances = distance.as_mut_slice::<i32>()?;
-        distances.fill(-1);
-        distances[0] = 0;
+        distance.fill(-1i32)?;
+        distance.write(0, &[0i32])?;
         let mut frontier = SharedArray::create("frontier", i32::DTYPE, &[cells])?;
-        frontier.as_mut_slice::<i32>()?[0] = 0;
+        frontier.write(0, &[0i32])?;
         let next_frontier =
             SharedArray::create("next_frontier", i32::DTYPE, &[cells * SLOTS_PER_CELL])?;
         let mut job = BigMaze {
@@ -284,16 +283,15 @@ impl BigMaze {
     /// frontier and plans its tasks, unless the target was reached or nothing is left.
     fn next_level(&mut self) -> Result<()> {
         let target = self.size * self.size - 1;
-        let target_distance = self.distance.as_slice::<i32>()?[target];
+        let target_distance = self.distance.get::<i32>(target)?;
         if target_distance >= 0 {
             self.length = Some(target_distance as u32);
             return Ok(());
         }
-        let found = self.next_frontier.as_slice::<i32>()?;
         let mut cells = Vec::new();
         for &(lo, count) in &self.found {
             let start = lo * SLOTS_PER_CELL;
-            cells.extend_from_slice(&found[start..start + count]);
+            cells.extend(self.next_frontier.read::<i32>(start..start + count)?);
         }
         self.found.clear();
         // What workers wrote is checked like any answer: only cells of the maze go on.
@@ -302,7 +300,7 @@ impl BigMaze {
         cells.sort_unstable();
         cells.dedup();
         self.frontier_len = cells.len();
-        self.frontier.as_mut_slice::<i32>()?[..cells.len()].copy_from_slice(&cells);
+        self.frontier.write(0, &cells)?;
         self.level += 1;
         self.plan_level();
         Ok(())
@@ -514,15 +512,16 @@ fn expand(
     next: &mut SharedArray,
 ) -> Result<usize, procpool_shm::ShmError> {
     let size = walls.rows();
-    let open = walls.as_slice::<u8>()?;
-    let frontier = frontier.rows_slice::<i32>(cells.clone())?;
-    let slots = next.rows_mut::<i32>(cells.start * SLOTS_PER_CELL..cells.end * SLOTS_PER_CELL)?;
+    let frontier = frontier.read_rows::<i32>(cells.clone())?;
     let distance = distance.as_atomic_i32()?;
-    let mut found = 0;
-    for &cell in frontier {
+    // At most SLOTS_PER_CELL per frontier cell: each has four neighbours, and the
+    // one it was reached from is at a smaller distance, never claimed here.
+    let mut found = Vec::new();
+    for cell in frontier {
         let cell = cell as usize;
+        let open = walls.get::<u8>(cell)?;
         for direction in DIRECTIONS {
-            if open[cell] & direction == 0 {
+            if open & direction == 0 {
                 continue;
             }
             let Some(neighbour) = step(size, cell, direction) else {
@@ -542,12 +541,12 @@ fn expand(
                 Err(existing) => existing == level + 1,
             };
             if reached {
-                slots[found] = neighbour as i32;
-                found += 1;
+                found.push(neighbour as i32);
             }
         }
     }
-    Ok(found)
+    next.write(cells.start * SLOTS_PER_CELL, &found)?;
+    Ok(found.len())
 }
 
 #[cfg(test)]
@@ -580,19 +579,16 @@ mod tests {
         let maze = Maze::generate(size, 3, 0.1);
         let cells = size * size;
         let mut walls = SharedArray::create("walls", u8::DTYPE, &[size, size]).unwrap();
-        walls
-            .as_mut_slice::<u8>()
-            .unwrap()
-            .copy_from_slice(&maze.open);
+        walls.write(0, &maze.open).unwrap();
         let mut distance = SharedArray::create("distance", i32::DTYPE, &[size, size]).unwrap();
-        distance.as_mut_slice::<i32>().unwrap().fill(-1);
-        distance.as_mut_slice::<i32>().unwrap()[0] = 0;
+        distance.fill(-1i32).unwrap();
+        distance.write(0, &[0i32]).unwrap();
         let mut frontier = SharedArray::create("frontier", i32::DTYPE, &[cells]).unwrap();
         let mut next = SharedArray::create("next", i32::DTYPE, &[cells * 3]).unwrap();
         let mut current = vec![0i32];
         let mut level = 0;
-        while distance.as_slice::<i32>().unwrap()[cells - 1] < 0 {
-            frontier.as_mut_slice::<i32>().unwrap()[..current.len()].copy_from_slice(&current);
+        while distance.get::<i32>(cells - 1).unwrap() < 0 {
+            frontier.write(0, &current).unwrap();
             // Two "tasks" per level, as two workers would take them.
             let half = current.len() / 2;
             let mut gathered = Vec::new();
@@ -607,13 +603,13 @@ mod tests {
                 )
                 .unwrap();
                 let start = range.start * 3;
-                gathered.extend_from_slice(&next.as_slice::<i32>().unwrap()[start..start + found]);
+                gathered.extend(next.read::<i32>(start..start + found).unwrap());
             }
             current = gathered;
             level += 1;
             assert!(!current.is_empty(), "ran out of frontier");
         }
-        let length = distance.as_slice::<i32>().unwrap()[cells - 1] as u32;
+        let length = distance.get::<i32>(cells - 1).unwrap() as u32;
         assert_eq!(Some(length), maze.solve());
     }
 }

@@ -188,35 +188,72 @@ impl Element for u8 {
 /// `bytes` must hold exactly `out.len() * dtype.size` bytes. 64-bit integers
 /// beyond ±2⁵³ round to the nearest `f64`.
 pub fn decode_f64(dtype: DType, bytes: &[u8], out: &mut [f64]) -> Result<()> {
-    if out.len().checked_mul(dtype.size) != Some(bytes.len()) {
+    // SAFETY: `bytes` is a live slice, readable for its whole length.
+    unsafe { decode_f64_raw(dtype, bytes.as_ptr(), bytes.len(), out) }
+}
+
+/// [`decode_f64`] from `len` bytes at `bytes`, which may be memory that other
+/// processes map and write (a file, a shared array): each element is read once,
+/// by value, and no reference to the bytes is made, so a concurrent writer
+/// changes the numbers decoded and nothing else.
+///
+/// # Safety
+///
+/// `bytes` must be valid for reads of `len` bytes for the length of the call.
+pub(crate) unsafe fn decode_f64_raw(
+    dtype: DType,
+    bytes: *const u8,
+    len: usize,
+    out: &mut [f64],
+) -> Result<()> {
+    if out.len().checked_mul(dtype.size) != Some(len) {
         return Err(ShmError::DecodeLength {
-            bytes: bytes.len(),
+            bytes: len,
             elements: out.len(),
             dtype: dtype.descr(),
             dtype_size: dtype.size,
         });
     }
     let big = dtype.big_endian;
-    match (dtype.kind, dtype.size) {
-        (ElementKind::Float, 8) if big => decode_each(bytes, out, f64::from_be_bytes),
-        (ElementKind::Float, 8) => decode_each(bytes, out, f64::from_le_bytes),
-        (ElementKind::Float, 4) if big => decode_each(bytes, out, |b| f32::from_be_bytes(b).into()),
-        (ElementKind::Float, 4) => decode_each(bytes, out, |b| f32::from_le_bytes(b).into()),
-        (ElementKind::Int, 8) if big => decode_each(bytes, out, |b| i64::from_be_bytes(b) as f64),
-        (ElementKind::Int, 8) => decode_each(bytes, out, |b| i64::from_le_bytes(b) as f64),
-        (ElementKind::Int, 4) if big => decode_each(bytes, out, |b| i32::from_be_bytes(b).into()),
-        (ElementKind::Int, 4) => decode_each(bytes, out, |b| i32::from_le_bytes(b).into()),
-        (ElementKind::UInt, 1) => decode_each(bytes, out, |[b]: [u8; 1]| b.into()),
-        _ => return dtype.ensure_supported(),
+    // SAFETY (each arm): `out.len()` elements of the arm's size are exactly the
+    // `len` readable bytes at `bytes` (checked above; the caller's contract).
+    unsafe {
+        match (dtype.kind, dtype.size) {
+            (ElementKind::Float, 8) if big => decode_each(bytes, out, f64::from_be_bytes),
+            (ElementKind::Float, 8) => decode_each(bytes, out, f64::from_le_bytes),
+            (ElementKind::Float, 4) if big => {
+                decode_each(bytes, out, |b| f32::from_be_bytes(b).into())
+            }
+            (ElementKind::Float, 4) => decode_each(bytes, out, |b| f32::from_le_bytes(b).into()),
+            (ElementKind::Int, 8) if big => {
+                decode_each(bytes, out, |b| i64::from_be_bytes(b) as f64)
+            }
+            (ElementKind::Int, 8) => decode_each(bytes, out, |b| i64::from_le_bytes(b) as f64),
+            (ElementKind::Int, 4) if big => {
+                decode_each(bytes, out, |b| i32::from_be_bytes(b).into())
+            }
+            (ElementKind::Int, 4) => decode_each(bytes, out, |b| i32::from_le_bytes(b).into()),
+            (ElementKind::UInt, 1) => decode_each(bytes, out, |[b]: [u8; 1]| b.into()),
+            _ => return dtype.ensure_supported(),
+        }
     }
     Ok(())
 }
 
-/// Applies `decode` to each `N`-byte element of `bytes`, writing into `out`.
-fn decode_each<const N: usize>(bytes: &[u8], out: &mut [f64], decode: impl Fn([u8; N]) -> f64) {
-    for (element, slot) in bytes.chunks_exact(N).zip(out) {
-        let mut raw = [0u8; N];
-        raw.copy_from_slice(element);
+/// Applies `decode` to each `N`-byte element from `bytes`, writing into `out`.
+///
+/// # Safety
+///
+/// `bytes` must be valid for reads of `out.len() * N` bytes.
+unsafe fn decode_each<const N: usize>(
+    bytes: *const u8,
+    out: &mut [f64],
+    decode: impl Fn([u8; N]) -> f64,
+) {
+    for (index, slot) in out.iter_mut().enumerate() {
+        // SAFETY: element `index` lies in the readable bytes (the contract); the
+        // read is unaligned and by value.
+        let raw = unsafe { bytes.add(index * N).cast::<[u8; N]>().read_unaligned() };
         *slot = decode(raw);
     }
 }
@@ -227,36 +264,6 @@ pub(crate) fn element_bytes<T: Element>(elements: &[T]) -> &[u8] {
     // byte of the slice is initialised; the pointer and byte length come from a
     // live slice, and `u8` has alignment 1.
     unsafe { std::slice::from_raw_parts(elements.as_ptr().cast(), std::mem::size_of_val(elements)) }
-}
-
-/// `bytes` viewed as elements of `T`, or `None` when `bytes` is not aligned for
-/// `T` or not a whole number of elements.
-pub(crate) fn cast_elements<T: Element>(bytes: &[u8]) -> Option<&[T]> {
-    let size = std::mem::size_of::<T>();
-    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
-        || !bytes.len().is_multiple_of(size)
-    {
-        return None;
-    }
-    // SAFETY: alignment and length were checked just above; `Element` types
-    // accept every bit pattern; the result borrows `bytes`, so it cannot outlive
-    // or alias a mutable use of them.
-    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / size) })
-}
-
-/// `bytes` viewed mutably as elements of `T`, or `None` when `bytes` is not
-/// aligned for `T` or not a whole number of elements.
-pub(crate) fn cast_elements_mut<T: Element>(bytes: &mut [u8]) -> Option<&mut [T]> {
-    let size = std::mem::size_of::<T>();
-    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
-        || !bytes.len().is_multiple_of(size)
-    {
-        return None;
-    }
-    // SAFETY: alignment and length were checked just above; `Element` types
-    // accept every bit pattern, so any write through the result leaves valid
-    // bytes; the result holds the unique borrow of `bytes`.
-    Some(unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len() / size) })
 }
 
 #[cfg(test)]
@@ -389,15 +396,16 @@ mod tests {
     }
 
     #[test]
-    fn casts_check_alignment_and_length() {
-        let values = [1.0f64, 2.0, 3.0];
+    fn decodes_unaligned_bytes_and_lays_out_elements_in_host_order() {
+        let values = [1.0f64, -2.0, 3.5];
         let bytes = element_bytes(&values);
-        assert_eq!(cast_elements::<f64>(bytes), Some(&values[..]));
-        assert_eq!(cast_elements::<f64>(&bytes[1..9]), None);
-        assert_eq!(cast_elements::<f64>(&bytes[..12]), None);
-        let mut bytes = [0u8; 12];
-        assert!(cast_elements_mut::<f64>(&mut bytes).is_none());
-        cast_elements_mut::<u8>(&mut bytes).unwrap()[3] = 7;
-        assert_eq!(bytes[3], 7);
+        assert_eq!(bytes.len(), 24);
+        assert_eq!(&bytes[8..16], &(-2.0f64).to_ne_bytes());
+        // One byte in, the elements are misaligned for f64: decoding reads them anyway.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(bytes);
+        let mut out = [0.0; 3];
+        decode_f64(f64::DTYPE, &shifted[1..], &mut out).unwrap();
+        assert_eq!(out, values);
     }
 }

@@ -17,7 +17,7 @@ const BLOCK_BYTES: usize = 1 << 20;
 /// the values.
 ///
 /// The whole array is loaded into memory; for files larger than memory, map
-/// them with [`crate::FileMap`] and decode chunks with [`decode_f64`].
+/// one chunk at a time with [`crate::FileWindow`].
 pub fn read_npy_f64(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     read_f64_values(path).map_err(|err| err.in_file(path))
 }
