@@ -47,7 +47,7 @@ pub static REGISTRY: &[Registration] = &[
     register::<matmul::Matmul>(),
     register::<colmeans::Colmeans>(),
     register::<crash::Crash>(),
-    register::<maze::MazeJob>(),
+    register::<maze::Mazes>(),
     register::<crawl::Crawl>(),
     register::<primes::Primes>(),
     register::<noop::Noop>(),

@@ -95,7 +95,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     std::process::exit(0);
 }
 
-/// A running `procpool serve-site`, owned by the crawl job: dropping it ends the server.
+/// A running `procpool serve-site`, owned by the crawl workload: dropping it ends the server.
 pub struct SiteServer {
     child: Child,
     /// Held open for the server's lifetime: EOF tells it to exit.

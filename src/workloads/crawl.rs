@@ -4,7 +4,7 @@
 //! A worker spends nearly all of a task waiting on the network, so a pool of many
 //! more workers than cores pays off here, unlike the CPU-bound workloads. The
 //! supervisor keeps the frontier and the visited set and adds tasks as results bring
-//! links; workers only fetch and parse. With no `--urls`, the job starts the demo site
+//! links; workers only fetch and parse. With no `--urls`, the workload starts the demo site
 //! (`crate::site`) on 127.0.0.1 and crawls it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -86,7 +86,7 @@ pub struct Crawl {
     pages: u64,
     words: u64,
     counts: HashMap<String, u64>,
-    /// Declared last: the demo site outlives everything else of the job.
+    /// Declared last: the demo site outlives everything else of the crawl.
     site: Option<SiteServer>,
 }
 

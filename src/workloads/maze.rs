@@ -166,7 +166,7 @@ pub enum Output {
 const SLOTS_PER_CELL: usize = 3;
 
 /// Many mazes, or one big one.
-pub enum MazeJob {
+pub enum Mazes {
     Many(ManyMazes),
     Big(Box<BigMaze>),
 }
@@ -307,7 +307,7 @@ impl BigMaze {
     }
 }
 
-impl Workload for MazeJob {
+impl Workload for Mazes {
     const NAME: &'static str = "maze";
     const ABOUT: &'static str =
         "Generate mazes from a seed and solve them by BFS; --big: one maze, parallel BFS";
@@ -315,16 +315,16 @@ impl Workload for MazeJob {
     type Input = Input;
     type Output = Output;
 
-    fn plan(args: &Args, procs: usize) -> Result<MazeJob> {
+    fn plan(args: &Args, procs: usize) -> Result<Mazes> {
         ensure!(
             (0.0..=1.0).contains(&args.braid),
             "--braid is a fraction between 0 and 1, not {}",
             args.braid
         );
         Ok(if args.big {
-            MazeJob::Big(Box::new(BigMaze::new(args, procs)?))
+            Mazes::Big(Box::new(BigMaze::new(args, procs)?))
         } else {
-            MazeJob::Many(ManyMazes {
+            Mazes::Many(ManyMazes {
                 args: args.clone(),
                 next: 0,
                 lengths: vec![None; args.mazes as usize],
@@ -333,7 +333,7 @@ impl Workload for MazeJob {
     }
     fn next_input(&mut self) -> Option<Result<Input>> {
         match self {
-            MazeJob::Many(many) => {
+            Mazes::Many(many) => {
                 if many.next >= many.args.mazes {
                     return None;
                 }
@@ -345,7 +345,7 @@ impl Workload for MazeJob {
                     braid: many.args.braid,
                 }))
             }
-            MazeJob::Big(big) => {
+            Mazes::Big(big) => {
                 if big.waiting.is_empty() && big.out == 0 && big.length.is_none() {
                     if let Err(err) = big.next_level() {
                         return Some(Err(err));
@@ -361,7 +361,7 @@ impl Workload for MazeJob {
 
     fn reduce(&mut self, _id: TaskId, output: Output) -> Result<(), String> {
         match (self, output) {
-            (MazeJob::Many(many), Output::Solved { seed, length }) => {
+            (Mazes::Many(many), Output::Solved { seed, length }) => {
                 let cells = u64::from(many.args.size).pow(2);
                 let index = seed
                     .checked_sub(many.args.seed)
@@ -374,15 +374,15 @@ impl Workload for MazeJob {
                 }
                 many.lengths[index as usize] = length;
             }
-            (MazeJob::Big(big), Output::Expanded { lo, found }) => {
+            (Mazes::Big(big), Output::Expanded { lo, found }) => {
                 big.check(lo, found)?;
                 big.found.push((lo, found));
                 big.out = big.out.saturating_sub(1);
             }
-            (MazeJob::Many(_), Output::Expanded { .. }) => {
+            (Mazes::Many(_), Output::Expanded { .. }) => {
                 return Err("a BFS slice, but this run solves whole mazes".into())
             }
-            (MazeJob::Big(_), Output::Solved { .. }) => {
+            (Mazes::Big(_), Output::Solved { .. }) => {
                 return Err("a whole maze, but this run expands BFS slices".into())
             }
         }
@@ -391,24 +391,24 @@ impl Workload for MazeJob {
 
     fn on_failure(&mut self, _id: TaskId, _attempts: u32, _outcome: &TaskOutcome) -> Result<()> {
         match self {
-            MazeJob::Many(_) => Ok(()),
+            Mazes::Many(_) => Ok(()),
             // A level with a lost slice cannot be trusted: stop, rather than report a
             // path that may not be the shortest.
-            MazeJob::Big(_) => bail!("a BFS task of the big maze failed; the search cannot go on"),
+            Mazes::Big(_) => bail!("a BFS task of the big maze failed; the search cannot go on"),
         }
     }
 
     fn total_tasks(&self) -> Option<u64> {
         match self {
-            MazeJob::Many(many) => Some(u64::from(many.args.mazes)),
-            MazeJob::Big(_) => None,
+            Mazes::Many(many) => Some(u64::from(many.args.mazes)),
+            Mazes::Big(_) => None,
         }
     }
 
     fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
         match self {
-            MazeJob::Many(_) => Vec::new(),
-            MazeJob::Big(big) => vec![
+            Mazes::Many(_) => Vec::new(),
+            Mazes::Big(big) => vec![
                 SharedArrayUse::read_only("walls", &big.walls),
                 SharedArrayUse::writable("distance", &big.distance),
                 SharedArrayUse::read_only("frontier", &big.frontier),
@@ -419,7 +419,7 @@ impl Workload for MazeJob {
 
     fn summary(self, _report: &PoolReport) -> Result<Summary> {
         match self {
-            MazeJob::Many(many) => {
+            Mazes::Many(many) => {
                 let lengths: Vec<u32> = many
                     .lengths
                     .iter()
@@ -440,7 +440,7 @@ impl Workload for MazeJob {
                            "lengths": lengths, "total_length": total}),
                 ))
             }
-            MazeJob::Big(big) => {
+            Mazes::Big(big) => {
                 let parallel_s = big.started.elapsed().as_secs_f64();
                 let (serial_length, serial_s) = big.serial;
                 ensure!(
@@ -465,14 +465,14 @@ impl Workload for MazeJob {
         }
     }
 
-    fn worker() -> Result<TypedHandler<MazeJob>, String> {
+    fn worker() -> Result<TypedHandler<Mazes>, String> {
         worker_side()
     }
 }
 
 /// Solves whole mazes, or expands BFS frontier slices of the big one (its shared
 /// arrays are mapped on the first such task).
-fn worker_side() -> Result<TypedHandler<MazeJob>, String> {
+fn worker_side() -> Result<TypedHandler<Mazes>, String> {
     let mut big: Option<[SharedArray; 4]> = None;
     Ok(Box::new(move |input| match input {
         Input::Solve { size, seed, braid } => {
