@@ -217,6 +217,20 @@ mod tests {
     }
 
     #[test]
+    fn counts_no_range_can_hold_are_rejected_and_change_nothing() {
+        let args = Args {
+            limit: 1000,
+            range: Some(100),
+        };
+        let mut primes = Primes::plan(&args, 1).unwrap();
+        primes.reduce(0, 25).unwrap();
+        for bad in [101, u64::MAX] {
+            assert!(primes.reduce(1, bad).is_err(), "{bad}");
+        }
+        assert_eq!(primes.count, 25);
+    }
+
+    #[test]
     fn split_ranges_add_up_to_pi() {
         let total: u64 = (0..10)
             .map(|i| count_primes(i * 100_000, (i + 1) * 100_000))
