@@ -245,7 +245,7 @@ pub struct Input {
 pub struct Output {
     rows: (usize, usize),
     cols: (usize, usize),
-    sums: Vec<Value>,
+    sums: Vec<Sum>,
     peak_rss_kib: u64,
 }
 
@@ -406,13 +406,7 @@ impl Workload for Colmeans {
                 c1 - c0
             ));
         }
-        let sums: Vec<f64> = output
-            .sums
-            .iter()
-            .map(number)
-            .collect::<Result<_>>()
-            .map_err(|err| format!("{err:#}"))?;
-        for (column, sum) in (c0..c1).zip(sums) {
+        for (column, Sum(sum)) in (c0..c1).zip(output.sums) {
             self.sums[column].add(sum);
             self.counted[column] = self.counted[column].saturating_add((r1 - r0) as u64);
         }
@@ -539,29 +533,41 @@ impl Workload for Colmeans {
     }
 }
 
-/// A JSON sum back to a number: finite ones are numbers, the rest strings.
-fn number(value: &Value) -> Result<f64> {
-    match value {
-        Value::Number(n) => n.as_f64().context("a sum is not an f64"),
-        Value::String(s) => match s.as_str() {
-            "nan" => Ok(f64::NAN),
-            "inf" => Ok(f64::INFINITY),
-            "-inf" => Ok(f64::NEG_INFINITY),
-            _ => bail!("a sum is {s:?}, not a number"),
-        },
-        _ => bail!("a sum is {value}, not a number"),
+/// A column sum in JSON: a number when finite, else `"nan"`, `"inf"` or `"-inf"`,
+/// which JSON numbers cannot hold.
+#[derive(Debug, Clone, Copy)]
+struct Sum(f64);
+
+impl Serialize for Sum {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            x if x.is_finite() => serializer.serialize_f64(x),
+            x if x.is_nan() => serializer.serialize_str("nan"),
+            x if x > 0.0 => serializer.serialize_str("inf"),
+            _ => serializer.serialize_str("-inf"),
+        }
     }
 }
 
-fn to_json(x: f64) -> Value {
-    if x.is_finite() {
-        json!(x)
-    } else if x.is_nan() {
-        json!("nan")
-    } else if x > 0.0 {
-        json!("inf")
-    } else {
-        json!("-inf")
+impl<'de> Deserialize<'de> for Sum {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(f64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Number(x) => Ok(Sum(x)),
+            Written::Text(text) => match text.as_str() {
+                "nan" => Ok(Sum(f64::NAN)),
+                "inf" => Ok(Sum(f64::INFINITY)),
+                "-inf" => Ok(Sum(f64::NEG_INFINITY)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "a sum is {text:?}, not a number"
+                ))),
+            },
+        }
     }
 }
 
@@ -639,7 +645,7 @@ fn run_task(input: Input) -> Result<Output, String> {
     Ok(Output {
         rows: input.rows,
         cols: input.cols,
-        sums: sums.into_iter().map(to_json).collect(),
+        sums: sums.into_iter().map(Sum).collect(),
         peak_rss_kib: peak_rss_kib(),
     })
 }
@@ -896,6 +902,18 @@ mod tests {
         assert_ne!(naive, 2.0);
         sum.add(f64::INFINITY);
         assert_eq!(sum.value(), f64::INFINITY);
+    }
+
+    #[test]
+    fn sums_cross_json_whole_non_finite_ones_as_strings() {
+        for x in [0.0, -1.5, 1e300, f64::INFINITY, f64::NEG_INFINITY] {
+            let json = serde_json::to_value(Sum(x)).unwrap();
+            assert_eq!(Sum::deserialize(json).unwrap().0, x);
+        }
+        assert_eq!(serde_json::to_value(Sum(f64::NAN)).unwrap(), json!("nan"));
+        assert!(Sum::deserialize(json!("nan")).unwrap().0.is_nan());
+        assert!(Sum::deserialize(json!("lots")).is_err());
+        assert!(Sum::deserialize(json!(null)).is_err());
     }
 
     #[test]
