@@ -7,23 +7,14 @@
 mod util;
 
 use serde_json::{json, Value};
-use util::Procpool;
+use util::{protocol_worker, Procpool};
 
 /// A protocol worker answering every task with `answer`, a Python expression over
 /// the task message `m`.
 fn worker(answer: &str) -> String {
-    format!(
-        r#"import json, sys
-def send(message): print(json.dumps(message), flush=True)
-send({{"type": "ready"}})
-for line in sys.stdin:
-    m = json.loads(line)
-    if m["type"] == "stop":
-        break
-    if m["type"] == "task":
-        send({{"type": "result", "id": m["id"], "output": {answer}}})
-"#
-    )
+    protocol_worker(&format!(
+        r#"send({{"type": "result", "id": m["id"], "output": {answer}}})"#
+    ))
 }
 
 /// Runs `procpool run ARGS --procs 1 --json --child 'python3 w.py'` with `answer`,

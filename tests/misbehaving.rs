@@ -7,25 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use util::{result_lines, Procpool};
-
-/// A raw protocol worker (no SDK) whose per-task behaviour is `body`; `m` is the task
-/// message and `send(message)` writes one line.
-fn worker(body: &str) -> String {
-    let body: String = body.lines().map(|line| format!("    {line}\n")).collect();
-    format!(
-        r#"import json, os, sys, time
-def send(message): print(json.dumps(message), flush=True)
-send({{"type": "ready"}})
-for line in sys.stdin:
-    m = json.loads(line)
-    if m["type"] == "stop":
-        break
-    if m["type"] != "task":
-        continue
-{body}"#
-    )
-}
+use util::{protocol_worker as worker, result_lines, Procpool};
 
 const ANSWER: &str = r#"send({"type": "result", "id": m["id"], "output": m["input"]})"#;
 

@@ -544,3 +544,21 @@ pub fn result_lines(text: &str) -> Vec<Value> {
         })
         .collect()
 }
+
+/// A raw protocol worker (no SDK) whose per-task behaviour is `body`; `m` is the task
+/// message and `send(message)` writes one line.
+pub fn protocol_worker(body: &str) -> String {
+    let body: String = body.lines().map(|line| format!("    {line}\n")).collect();
+    format!(
+        r#"import json, os, sys, time
+def send(message): print(json.dumps(message), flush=True)
+send({{"type": "ready"}})
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] == "stop":
+        break
+    if m["type"] != "task":
+        continue
+{body}"#
+    )
+}
