@@ -41,7 +41,7 @@ pub enum WorkerSide {
 }
 
 /// Every `procpool run` subcommand, in the order `--help` lists them. Adding a workload
-/// is its file and one line here.
+/// is its file, its `pub mod` line in `workloads/mod.rs`, and one line here.
 pub static REGISTRY: &[Registration] = &[
     register::<mandelbrot::Mandelbrot>(),
     register::<matmul::Matmul>(),
