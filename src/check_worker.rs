@@ -330,6 +330,8 @@ impl Worker {
         };
         match decode_line::<FromWorker>(&line) {
             Ok(FromWorker::Ready) => self.ready = true,
+            // `started` is optional and announces nothing to check here.
+            Ok(FromWorker::Started { .. }) => {}
             Ok(FromWorker::Result { id, .. }) => self.on_answer(id, "result"),
             Ok(FromWorker::Error { id, .. }) => self.on_answer(id, "error"),
             Err(_) => self

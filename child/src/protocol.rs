@@ -42,6 +42,12 @@ pub struct Task {
 pub enum FromWorker {
     /// Sent once, when the worker can take tasks.
     Ready,
+    /// Optional: the worker begins running this task now. A worker that sends it is
+    /// charged for a death only by the tasks it had started and not answered.
+    Started {
+        /// The id of the task begun.
+        id: TaskId,
+    },
     /// The task succeeded.
     Result {
         /// The id of the task answered.

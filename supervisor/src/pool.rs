@@ -1064,6 +1064,7 @@ impl Pool {
                     Phase::Stopping { .. } | Phase::Down { .. } => {}
                 }
             }
+            Ok(FromWorker::Started { .. }) => {}
             Ok(FromWorker::Result { id, output }) => {
                 self.on_answer(slot, id, TaskOutcome::Output(output))
             }
