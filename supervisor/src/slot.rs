@@ -93,36 +93,33 @@ pub(crate) struct Exit {
 
 impl Exit {
     /// Which of a dead worker's tasks its death is charged to. A worker that says
-    /// `started` was running exactly the tasks it started and did not answer: one is the
-    /// culprit, several are suspects. Without `started`, a worker runs its tasks in
-    /// order, so the oldest was running. A task timeout names the oldest either way; a
-    /// chaos kill names no culprit.
+    /// `started` was running exactly the tasks it started and did not answer; one
+    /// that does not runs its tasks in order, so the oldest was running. One running
+    /// task is the culprit; several are suspects; a task timeout names the oldest
+    /// running task alone; a chaos kill names none.
     pub(crate) fn blames<'a>(&self, crash: &'a Crash) -> Vec<Blame<'a>> {
-        let oldest_only =
-            !self.reports_started || crash.killed_by_procpool == Some(KillReason::TaskTimeout);
-        let running = |position: usize, held: &Held| match oldest_only {
-            true => position == 0,
-            false => held.started,
-        };
-        let running_count = self
+        let mut running: Vec<bool> = self
             .held
             .iter()
             .enumerate()
-            .filter(|(position, held)| running(*position, held))
-            .count();
-        self.held
-            .iter()
-            .enumerate()
-            .map(|(position, held)| {
-                if !running(position, held) {
-                    Blame::Bystander
-                } else if crash.killed_by_procpool == Some(KillReason::Chaos) {
-                    Blame::Chaos(crash)
-                } else if running_count > 1 {
-                    Blame::Suspect(crash)
-                } else {
-                    Blame::Culprit(crash)
-                }
+            .map(|(position, held)| match self.reports_started {
+                true => held.started,
+                false => position == 0,
+            })
+            .collect();
+        if crash.killed_by_procpool == Some(KillReason::TaskTimeout) {
+            if let Some(oldest) = running.iter().position(|&is| is) {
+                running = (0..running.len()).map(|i| i == oldest).collect();
+            }
+        }
+        let running_count = running.iter().filter(|&&is| is).count();
+        running
+            .into_iter()
+            .map(|is_running| match (is_running, crash.killed_by_procpool) {
+                (false, _) => Blame::Bystander,
+                (true, Some(KillReason::Chaos)) => Blame::Chaos(crash),
+                (true, _) if running_count > 1 => Blame::Suspect(crash),
+                (true, _) => Blame::Culprit(crash),
             })
             .collect()
     }
