@@ -42,7 +42,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut config = pool_config(&args.pool, procs, workload)?;
     config.inherit_fds.extend(source.inherited_fds());
     for shared in source.shared_arrays() {
-        config.inherit_fds.push(shared.array.raw_fd());
+        config.inherit_fds.push(shared.array.shared_fd());
         config.arrays.insert(
             shared.name.into(),
             ArraySpec::of(shared.array, shared.writable),

@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::AtomicI32;
+use std::sync::Arc;
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -74,7 +75,9 @@ pub struct SharedArray {
     /// The whole image, header included. Only raw pointers into it are formed.
     map: MmapRaw,
     writable: bool,
-    fd: OwnedFd,
+    /// Shared with whoever passes it on to workers (a pool), so that it stays open
+    /// while any of them may still hand it over.
+    fd: Arc<OwnedFd>,
 }
 
 impl SharedArray {
@@ -128,7 +131,7 @@ impl SharedArray {
             elements,
             map,
             writable: true,
-            fd,
+            fd: Arc::new(fd),
         })
     }
 
@@ -187,7 +190,7 @@ impl SharedArray {
             elements,
             map,
             writable,
-            fd: file.into(),
+            fd: Arc::new(file.into()),
         })
     }
 
@@ -227,6 +230,12 @@ impl SharedArray {
     /// The descriptor of the memfd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// A shared handle on the memfd, for a pool whose workers inherit it: the
+    /// descriptor stays open while the array or the handle lives.
+    pub fn shared_fd(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.fd)
     }
 
     /// The descriptor number of the memfd.

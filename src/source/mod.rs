@@ -9,7 +9,8 @@
 
 pub mod lines;
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use anyhow::Result;
 use procpool_child::TaskId;
@@ -72,7 +73,7 @@ pub trait TaskSource {
         None
     }
     /// Descriptors the workers inherit besides the shared arrays'.
-    fn inherited_fds(&self) -> Vec<RawFd> {
+    fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {
         Vec::new()
     }
     /// The shared arrays the workers map.

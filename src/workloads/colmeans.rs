@@ -17,9 +17,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -260,7 +261,9 @@ pub struct Colmeans {
     failed_tiles: u64,
     args: Args,
     /// The dataset made for a run without --file, and how long that took.
-    generated: Option<(File, Duration)>,
+    /// The dataset made without --file: its descriptor (shared with the pool, which
+    /// passes it on to workers) and how long making it took.
+    generated: Option<(Arc<OwnedFd>, Duration)>,
 }
 
 impl Colmeans {
@@ -287,7 +290,7 @@ fn default_tile_elements(source: &Source, procs: usize) -> usize {
 /// Writes the temporary dataset for a run without --file into a file without a
 /// name: it lives as long as a descriptor of it does (this process's, and the
 /// workers' inherited copies), so no exit, Ctrl-C or `kill -9` can leave it behind.
-fn generate(args: &Args) -> Result<(File, Duration)> {
+fn generate(args: &Args) -> Result<(Arc<OwnedFd>, Duration)> {
     let dir = std::env::temp_dir();
     let file = unnamed_file(&dir)
         .with_context(|| format!("creating the temporary dataset in {}", dir.display()))?;
@@ -305,7 +308,7 @@ fn generate(args: &Args) -> Result<(File, Duration)> {
         .try_clone()
         .context("generating the temporary dataset")?;
     gen::write_array_to(writer, &array).context("generating the temporary dataset")?;
-    Ok((file, started.elapsed()))
+    Ok((Arc::new(file.into()), started.elapsed()))
 }
 
 /// A new file in `dir` that has no name: `O_TMPFILE`, or where the file system lacks
@@ -367,10 +370,10 @@ impl Workload for Colmeans {
         })
     }
 
-    fn inherited_fds(&self) -> Vec<RawFd> {
+    fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {
         self.generated
             .iter()
-            .map(|(file, _)| file.as_raw_fd())
+            .map(|(file, _)| Arc::clone(file))
             .collect()
     }
 

@@ -17,7 +17,8 @@ pub mod maze;
 pub mod noop;
 pub mod primes;
 
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use anyhow::Result;
 use procpool_child::TaskId;
@@ -64,7 +65,7 @@ pub trait Workload: Sized + 'static {
     }
     /// Descriptors its workers inherit besides the shared arrays', to open as
     /// `/proc/self/fd/N` (a file that has no name any more).
-    fn inherited_fds(&self) -> Vec<RawFd> {
+    fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {
         Vec::new()
     }
     /// The shared arrays its workers map, described to them in `PROCPOOL_ARRAYS`.
@@ -113,7 +114,7 @@ impl<W: Workload> TaskSource for Planned<W> {
         self.0.total_tasks()
     }
 
-    fn inherited_fds(&self) -> Vec<RawFd> {
+    fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {
         self.0.inherited_fds()
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,8 +93,9 @@ pub struct PoolConfig {
     /// Shared arrays described to workers in `PROCPOOL_ARRAYS`.
     pub arrays: BTreeMap<String, ArraySpec>,
     /// Descriptors the workers inherit at the same numbers: those behind `arrays`, and
-    /// any other file they open as `/proc/self/fd/N`.
-    pub inherit_fds: Vec<RawFd>,
+    /// any other file they open as `/proc/self/fd/N`. The pool holds a share of each,
+    /// so none is closed while a worker may still be started with it.
+    pub inherit_fds: Vec<Arc<OwnedFd>>,
     /// Return [`Event::Tick`] from [`Pool::next_event`] at least this often (for status displays).
     pub tick: Option<Duration>,
     /// Where worker log lines go; by default stderr, prefixed `[wN]`.

@@ -4,8 +4,9 @@
 //! (dispatch, charging, restarts, shutdown) is the core's.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Command as ProcessCommand;
+use std::sync::Arc;
 use std::time::Instant;
 
 use procpool_child::{decode_line, ArraySpec, FromWorker, TaskId, WorkerEnv};
@@ -50,7 +51,7 @@ pub struct Pool {
     signals: SignalPipes,
     start: WorkerStart,
     arrays: BTreeMap<String, ArraySpec>,
-    inherit_fds: Vec<RawFd>,
+    inherit_fds: Vec<Arc<OwnedFd>>,
     on_log: LogSink,
     /// The caller's input was readable at the last wait.
     input_ready: bool,
@@ -252,11 +253,13 @@ impl Pool {
         for fd in [&stdin_write, &stdout_read, &stderr_read] {
             sys::set_nonblocking(fd.as_fd())?;
         }
+        // Numbers, for the child between fork and exec (where nothing may allocate).
+        let inherit: Vec<RawFd> = self.inherit_fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let fds = WorkerFds {
             stdin: stdin_read.as_fd(),
             stdout: stdout_write.as_fd(),
             stderr: stderr_write.as_fd(),
-            inherit: &self.inherit_fds,
+            inherit: &inherit,
         };
         let env = WorkerEnv {
             index: slot,
