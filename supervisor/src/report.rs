@@ -52,8 +52,8 @@ impl fmt::Display for ExitSignal {
             return f.write_str(signal.as_str());
         }
         let realtime = crate::sys::realtime_signals();
-        // Counted from SIGRTMIN all the way up (where `kill -l` switches to SIGRTMAX-n
-        // halfway): one spelling per signal, and `kill -s RTMIN+n` accepts every one.
+        // Counted from SIGRTMIN all the way up, where `kill -l` switches to SIGRTMAX-n
+        // halfway: one spelling for every real-time signal, the offset given to it.
         if realtime.contains(&self.0) {
             match self.0 - realtime.start() {
                 0 => f.write_str("SIGRTMIN"),
