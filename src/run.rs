@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use procpool_child::ArraySpec;
 use procpool_supervisor::{
-    quarantine_message, Event, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy, RunEnd,
-    TaskFailure, TaskOutcome, WorkerStart,
+    AbortReason, Charge, Event, LostTask, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy,
+    RunEnd, TaskFailure, TaskOutcome, WorkerStart,
 };
 use serde_json::{json, Value};
 
@@ -110,6 +110,7 @@ fn pool_config(
     config.max_tasks_per_child = args.max_tasks_per_child;
     config.grace = args.grace;
     config.chaos = args.chaos;
+    config.handle_interrupts = true;
     Ok(config)
 }
 
@@ -279,13 +280,13 @@ fn on_event(
             outcome,
             ..
         } => {
-            match &outcome {
-                TaskOutcome::Error(message) => status.warn(&format!("task {id} failed: {message}")),
-                TaskOutcome::Failed(crashes) => status.warn(&format!(
-                    "task {id} {}",
-                    quarantine_message(crashes, attempts)
-                )),
-                TaskOutcome::Output(_) => unreachable!("matched above"),
+            let message = outcome
+                .failure_message(attempts)
+                .expect("results are matched above");
+            // `task 7 failed: <the worker's error>`, `task 7 quarantined after ...`.
+            match outcome {
+                TaskOutcome::Failed(_) => status.warn(&format!("task {id} {message}")),
+                _ => status.warn(&format!("task {id} failed: {message}")),
             }
             source.failure(id, attempts, &outcome)?;
         }
@@ -295,23 +296,12 @@ fn on_event(
             restart_in,
             was_ready,
         } => {
-            let held = match tasks.as_slice() {
-                [] if !was_ready => String::from("before sending ready"),
-                [] => String::from("while idle"),
-                [(id, attempt), waiting @ ..] => {
-                    let mut held =
-                        format!("while running task {id} (attempt {attempt}/{max_attempts})");
-                    if !waiting.is_empty() {
-                        held.push_str(&format!(", {} more queued", waiting.len()));
-                    }
-                    held
-                }
-            };
             let next = match restart_in {
                 Some(delay) if delay.is_zero() => "restarting".to_string(),
                 Some(delay) => format!("restarting in {delay:.0?}"),
                 None => "not restarting".to_string(),
             };
+            let held = held_tasks(&tasks, was_ready, max_attempts);
             status.event(&format!("{crash} {held}; {next}"));
         }
         Event::Interrupted { again: false } => {
@@ -319,9 +309,40 @@ fn on_event(
         }
         Event::Interrupted { again: true } => status.warn("killing workers now"),
         Event::InputReady => source.read_input()?,
-        Event::WorkerStarted { .. } | Event::Tick => {}
+        _ => {}
     }
     Ok(())
+}
+
+/// What a dead worker was doing, for its death line: `while running task 4 (attempt
+/// 1/3), 2 more queued`.
+fn held_tasks(tasks: &[LostTask], was_ready: bool, max_attempts: u32) -> String {
+    let (running, queued): (Vec<&LostTask>, Vec<&LostTask>) = tasks
+        .iter()
+        .partition(|task| task.charge != Charge::Waiting);
+    let mut held = match running.as_slice() {
+        [] if !was_ready => String::from("before sending ready"),
+        [] if queued.is_empty() => String::from("while idle"),
+        [] => String::from("before starting a task"),
+        [task] => {
+            let charge = match task.charge {
+                Charge::Counted { count } => format!("attempt {count}/{max_attempts}"),
+                _ => String::from("not counted against it"),
+            };
+            format!("while running task {} ({charge})", task.id)
+        }
+        several => {
+            let ids: Vec<String> = several.iter().map(|task| task.id.to_string()).collect();
+            format!(
+                "while running tasks {} (not counted: each is retried alone)",
+                ids.join(", ")
+            )
+        }
+    };
+    if !queued.is_empty() && !running.is_empty() {
+        held.push_str(&format!(", {} more queued", queued.len()));
+    }
+    held
 }
 
 /// Why a task's answer was refused, naming the worker that gave it.
@@ -332,6 +353,15 @@ fn bad_answer(slot: usize, pool: &Pool, why: &str) -> String {
             worker.pid
         ),
         None => format!("worker {slot} gave a bad answer: {why}"),
+    }
+}
+
+/// The advice after the pool's reason for giving up, in this tool's own flags.
+fn what_to_do(reason: &AbortReason) -> &'static str {
+    match reason {
+        AbortReason::RestartIntensity { .. } => ". Raise --max-restarts or fix the crashing tasks",
+        AbortReason::DeadOnArrival { .. } => "; check the worker command and its stderr above",
+        _ => "",
     }
 }
 
@@ -375,7 +405,7 @@ fn write_outcome(
 ) -> std::io::Result<()> {
     let report = &outcome.report;
     if let RunEnd::Aborted(reason) = &report.end {
-        eprintln!("procpool: error: {reason}");
+        eprintln!("procpool: error: {reason}{}", what_to_do(reason));
     }
     if let Some(err) = &outcome.error {
         eprintln!("procpool: error: {err:#}");

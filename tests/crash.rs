@@ -219,15 +219,39 @@ fn error_every_fifth_task_costs_no_worker() {
     }
 }
 
+/// Restarts count progress: ten poison tasks cost thirty deaths, more than the
+/// default intensity of ten, but answers come in between, so the pool never gives up.
+#[test]
+fn crashes_between_answers_never_exhaust_the_restart_budget() {
+    for (tasks, every) in [(40, 4), (100, 10)] {
+        let (tasks_arg, every_arg) = (tasks.to_string(), every.to_string());
+        let output = Procpool::new([
+            "run", "crash", "--mode", "segv", "--every", &every_arg, "--tasks", &tasks_arg,
+            "--procs", "2", "--json",
+        ])
+        .run(1);
+        let report = output.json();
+        let poison = tasks / every;
+        assert_eq!(report["end"], json!("completed"), "{output}");
+        assert_eq!(report["tasks_ok"], json!(tasks - poison), "{output}");
+        assert_eq!(report["tasks_failed"], json!(poison), "{output}");
+        assert_eq!(report["tasks_not_run"], json!(0), "{output}");
+        assert!(total_restarts(&report) >= 3 * poison - 2, "{output}");
+    }
+}
+
+/// Restarts with no task answered in between: past `--max-restarts` the pool gives up
+/// at once, and every task is still accounted for.
 #[test]
 fn past_the_restart_cap_the_run_aborts_and_accounts_for_every_task() {
+    let started = Instant::now();
     let run = Procpool::new([
         "run",
         "crash",
         "--mode",
         "segv",
         "--every",
-        "2",
+        "1",
         "--tasks",
         "100",
         "--task-ms",
@@ -244,7 +268,7 @@ fn past_the_restart_cap_the_run_aborts_and_accounts_for_every_task() {
     assert!(
         output
             .stderr
-            .contains("procpool: error: more than 3 worker restarts within 10s (last: worker")
+            .contains("procpool: error: more than 3 worker restarts within 10s with no task answered (last: worker")
             && output.stderr.contains("Raise --max-restarts"),
         "{output}"
     );
@@ -263,6 +287,11 @@ fn past_the_restart_cap_the_run_aborts_and_accounts_for_every_task() {
     assert_eq!(count("tasks_total"), 100, "{output}");
     assert!(count("tasks_not_run") > 0, "{output}");
     assert!(total_restarts(&report) <= 3, "{output}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?}\n{output}"
+    );
     assert_no_orphans(&all_pids(&report), Duration::ZERO);
     assert_none_left_in(&dir, Duration::ZERO);
 }

@@ -25,7 +25,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 use procpool_child::TaskId;
-use procpool_supervisor::{quarantine_message, LineReader, PoolReport, ReadOutcome, TaskOutcome};
+use procpool_supervisor::{LineReader, PoolReport, ReadOutcome, TaskOutcome};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -236,11 +236,9 @@ impl TaskSource for Tasks {
     }
 
     fn failure(&mut self, id: TaskId, attempts: u32, outcome: &TaskOutcome) -> Result<()> {
-        let message = match outcome {
-            TaskOutcome::Failed(crashes) => quarantine_message(crashes, attempts),
-            TaskOutcome::Error(message) => message.clone(),
-            TaskOutcome::Output(_) => unreachable!("results go to `result`"),
-        };
+        let message = outcome
+            .failure_message(attempts)
+            .expect("results go to `result`");
         self.finish(id, None, Some(&message))
     }
 

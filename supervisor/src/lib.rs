@@ -36,7 +36,12 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod book;
+mod config;
+mod core;
+mod event;
 mod lines;
+mod poll;
 mod pool;
 mod queue;
 mod report;
@@ -47,11 +52,10 @@ mod start_error;
 mod sys;
 mod worker;
 
+pub use config::{LogSink, PoolConfig, WorkerStart, DEFAULT_PREFETCH, QUEUED_WORK_TARGET};
+pub use event::{AbortReason, Charge, Event, LostTask, PoolError, TaskOutcome};
 pub use lines::{LineReader, ReadOutcome};
-pub use pool::{
-    Event, LogSink, Pool, PoolConfig, PoolError, TaskOutcome, WorkerStart, DEFAULT_PREFETCH,
-    QUEUED_WORK_TARGET,
-};
+pub use pool::Pool;
 pub use queue::JoinableQueue;
 pub use report::{
     quarantine_message, CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd, TaskFailure,

@@ -31,6 +31,11 @@ impl JoinableQueue {
         self.waiting.push_front(id);
     }
 
+    /// The task `take` would return, left in place.
+    pub fn peek(&self) -> Option<TaskId> {
+        self.waiting.front().copied()
+    }
+
     /// The next task to dispatch.
     pub fn take(&mut self) -> Option<TaskId> {
         self.waiting.pop_front()

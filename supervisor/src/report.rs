@@ -283,8 +283,8 @@ pub enum RunEnd {
     Completed,
     /// Ctrl-C or SIGTERM stopped dispatch.
     Interrupted,
-    /// The pool gave up (restart intensity exceeded, workers that cannot start).
-    Aborted(String),
+    /// The pool gave up (restarts without progress, workers that cannot start).
+    Aborted(crate::event::AbortReason),
 }
 
 /// The run report: every task's fate, every worker's end, and the time spent.

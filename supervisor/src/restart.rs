@@ -3,7 +3,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How many unplanned worker deaths the pool absorbs, and how fast it restarts.
+/// How many unplanned worker deaths in a row the pool absorbs, and how fast it restarts.
+///
+/// The pool gives up when more than `intensity` restarts fall within `period` with no
+/// task answered in between: deaths that a task was charged for are already bounded by
+/// quarantine, so only restarts without progress mean the workers cannot work.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
     /// At most this many restarts within `period` (OTP's `intensity`).
@@ -41,6 +45,12 @@ impl RestartBudget {
         RestartBudget {
             recent: VecDeque::new(),
         }
+    }
+
+    /// A task was answered: the workers make progress, so the restarts before it no
+    /// longer count. Only restarts with no answer in between add up to give up.
+    pub(crate) fn progress(&mut self) {
+        self.recent.clear();
     }
 
     /// Records a restart at `now`; false when it would exceed the policy's intensity.
@@ -99,6 +109,26 @@ mod tests {
         assert!(!budget.allow(&policy, start + Duration::from_secs(3)));
         // The first restart leaves the window after the period.
         assert!(budget.allow(&policy, start + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn an_answer_between_restarts_resets_the_count() {
+        let policy = policy();
+        let mut budget = RestartBudget::new();
+        let start = Instant::now();
+        for second in 0..30 {
+            assert!(budget.allow(&policy, start + Duration::from_millis(second)));
+            if second % 3 == 2 {
+                budget.progress();
+            }
+        }
+        for _ in 0..3 {
+            assert!(budget.allow(&policy, start));
+        }
+        assert!(
+            !budget.allow(&policy, start),
+            "four restarts with no progress"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! How signals reach the event loop: SIGINT/SIGTERM and SIGCHLD become bytes on
-//! self-pipes that the loop polls with the workers' pipes, so a signal wakes it like
-//! any other input and no handler does more than write one byte.
+//! How signals reach the event loop: SIGCHLD (and SIGINT/SIGTERM, when the pool takes
+//! them over) become bytes on self-pipes that the loop polls with the workers' pipes,
+//! so a signal wakes it like any other input and no handler does more than write one
+//! byte.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -9,31 +10,33 @@ use std::sync::{Arc, OnceLock};
 
 /// SIGINT/SIGTERM and SIGCHLD, each turned into a byte on a pipe the loop polls.
 pub(crate) struct SignalPipes {
-    pub(crate) interrupts: UnixStream,
+    /// Present when the pool takes over SIGINT and SIGTERM.
+    pub(crate) interrupts: Option<UnixStream>,
     pub(crate) children: UnixStream,
     ids: Vec<signal_hook::SigId>,
 }
 
 impl SignalPipes {
-    pub(crate) fn register() -> std::io::Result<SignalPipes> {
-        let (interrupts, interrupt_writer) = UnixStream::pair()?;
-        let (children, child_writer) = UnixStream::pair()?;
-        let mut ids = Vec::new();
-        for stream in [&interrupts, &interrupt_writer, &children, &child_writer] {
-            stream.set_nonblocking(true)?;
-        }
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            ids.push(signal_hook::low_level::pipe::register(
-                sig,
-                interrupt_writer.try_clone()?,
-            )?);
-        }
-        ids.push(signal_hook::low_level::pipe::register(
+    /// Listens for SIGCHLD, and for SIGINT and SIGTERM if `take_interrupts`.
+    pub(crate) fn register(take_interrupts: bool) -> std::io::Result<SignalPipes> {
+        let (children, child_writer) = nonblocking_pair()?;
+        let mut ids = vec![signal_hook::low_level::pipe::register(
             signal_hook::consts::SIGCHLD,
             child_writer,
-        )?);
-        if RUNNING_POOLS.fetch_add(1, Ordering::SeqCst) == 0 {
-            default_when_idle().store(false, Ordering::SeqCst);
+        )?];
+        let mut interrupts = None;
+        if take_interrupts {
+            let (reader, writer) = nonblocking_pair()?;
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                ids.push(signal_hook::low_level::pipe::register(
+                    sig,
+                    writer.try_clone()?,
+                )?);
+            }
+            if RUNNING_POOLS.fetch_add(1, Ordering::SeqCst) == 0 {
+                default_when_idle().store(false, Ordering::SeqCst);
+            }
+            interrupts = Some(reader);
         }
         Ok(SignalPipes {
             interrupts,
@@ -58,13 +61,20 @@ impl Drop for SignalPipes {
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
         }
-        if RUNNING_POOLS.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.interrupts.is_some() && RUNNING_POOLS.fetch_sub(1, Ordering::SeqCst) == 1 {
             default_when_idle().store(true, Ordering::SeqCst);
         }
     }
 }
 
-/// Pools alive in this process.
+fn nonblocking_pair() -> std::io::Result<(UnixStream, UnixStream)> {
+    let (reader, writer) = UnixStream::pair()?;
+    reader.set_nonblocking(true)?;
+    writer.set_nonblocking(true)?;
+    Ok((reader, writer))
+}
+
+/// Pools alive in this process that take over SIGINT and SIGTERM.
 static RUNNING_POOLS: AtomicUsize = AtomicUsize::new(0);
 
 /// While no pool is alive, SIGINT and SIGTERM do what they would without procpool:

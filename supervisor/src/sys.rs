@@ -28,6 +28,32 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// `poll(2)` over `entries`, waiting at most `timeout` (forever if `None`). A signal
+/// that interrupts the wait is not an error: the caller looks at what is ready.
+pub(crate) fn poll(entries: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
+    let timeout_ms = match timeout {
+        None => -1,
+        // Round up so a deadline is never woken for just before it is due.
+        Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: `entries` is a live, exclusively borrowed slice of `pollfd` for the whole
+    // call, and its length is passed with it; poll writes only the `revents` fields.
+    let ready = unsafe {
+        libc::poll(
+            entries.as_mut_ptr(),
+            entries.len() as libc::nfds_t,
+            timeout_ms,
+        )
+    };
+    if ready < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 /// The file descriptors a new worker gets: its stdio ends and the descriptors it inherits.
 pub(crate) struct WorkerFds<'a> {
     pub stdin: BorrowedFd<'a>,
