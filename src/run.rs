@@ -130,6 +130,8 @@ impl Outcome {
             RunEnd::Completed if self.error.is_some() => 1,
             RunEnd::Completed if self.report.tasks_error + self.report.tasks_failed > 0 => 1,
             RunEnd::Completed => 0,
+            // An end this binary does not know yet did not complete the run.
+            _ => 1,
         }
     }
 }

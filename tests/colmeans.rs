@@ -300,12 +300,13 @@ fn bad_inputs_are_refused_in_one_line_before_running() {
     );
 }
 
-#[test]
-fn a_file_truncated_mid_run_fails_the_run_not_the_supervisor() {
+/// Runs colmeans on a file that is cut short while every worker holds a mapped tile,
+/// with `extra` arguments; the run fails (exit 1).
+fn truncated_mid_run(extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     gen(d, "a.npy", &["--rows", "4000", "--cols", "64"]);
-    let running = Procpool::new([
+    let mut args = vec![
         "run",
         "colmeans",
         "--file",
@@ -316,10 +317,12 @@ fn a_file_truncated_mid_run_fails_the_run_not_the_supervisor() {
         "100",
         "--task-delay-ms",
         "150",
-    ])
-    .in_dir(d)
-    .timeout(Duration::from_secs(60))
-    .spawn();
+    ];
+    args.extend_from_slice(extra);
+    let running = Procpool::new(&args)
+        .in_dir(d)
+        .timeout(Duration::from_secs(60))
+        .spawn();
     std::thread::sleep(Duration::from_millis(800));
     // Cut it to the header and a page: tiles mapped and waiting now fault (SIGBUS).
     let file = std::fs::OpenOptions::new()
@@ -327,7 +330,12 @@ fn a_file_truncated_mid_run_fails_the_run_not_the_supervisor() {
         .open(d.join("a.npy"))
         .unwrap();
     file.set_len(4096).unwrap();
-    let output = running.wait(1);
+    running.wait(1)
+}
+
+#[test]
+fn a_file_truncated_mid_run_fails_the_run_not_the_supervisor() {
+    let output = truncated_mid_run(&[]);
     assert!(!output.stderr.contains("panicked"), "{output}");
     assert!(output.stderr.contains("killed by SIGBUS"), "{output}");
     assert!(
@@ -339,6 +347,20 @@ fn a_file_truncated_mid_run_fails_the_run_not_the_supervisor() {
     assert!(
         output.stdout.contains("tasks: "),
         "the report is printed\n{output}"
+    );
+}
+
+#[test]
+fn a_tile_lost_to_sigbus_names_sigbus_as_the_cause() {
+    // One attempt: the first tile to fail is one whose worker died of SIGBUS, not one
+    // a fresh worker refused because the file is now too short.
+    let output = truncated_mid_run(&["--max-attempts", "1"]);
+    assert!(!output.stderr.contains("panicked"), "{output}");
+    assert!(
+        output
+            .stderr
+            .contains("cannot be read (the workers reading them died of SIGBUS)"),
+        "{output}"
     );
 }
 

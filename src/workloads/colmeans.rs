@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
 use procpool_child::TaskId;
 use procpool_shm::{decode_f64, write_npy, DType, FileWindow, NpyHeader};
-use procpool_supervisor::{ExitStatus, PoolReport, TaskOutcome};
+use procpool_supervisor::{PoolReport, TaskOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -426,9 +427,9 @@ impl Workload for Colmeans {
                 Err(err) => format!("now unreadable: {err}"),
             };
             let crashed = match outcome {
-                TaskOutcome::Failed(crashes) => crashes.iter().any(|crash| {
-                    matches!(&crash.status, ExitStatus::Signaled { signal, .. } if signal == "SIGBUS")
-                }),
+                TaskOutcome::Failed(crashes) => crashes
+                    .iter()
+                    .any(|crash| crash.status.killed_by(Signal::SIGBUS)),
                 _ => false,
             };
             bail!(

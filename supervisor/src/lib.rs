@@ -58,8 +58,8 @@ pub use lines::{LineReader, ReadOutcome};
 pub use pool::Pool;
 pub use queue::JoinableQueue;
 pub use report::{
-    quarantine_message, CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd, TaskFailure,
-    WorkerReport,
+    quarantine_message, CpuTime, Crash, ExitSignal, ExitStatus, KillReason, PoolReport, RunEnd,
+    TaskFailure, WorkerReport,
 };
 pub use restart::RestartPolicy;
 pub use slot::WorkerStatus;

@@ -27,6 +27,7 @@ pub struct LineReader {
 
 /// What one [`LineReader::fill`] gave.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ReadOutcome {
     /// The descriptor is open; complete lines may be waiting in the reader.
     Open,

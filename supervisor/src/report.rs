@@ -4,19 +4,86 @@
 use std::fmt;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use procpool_child::TaskId;
 use serde::Serialize;
+
+/// The signal that ended a process, by number: any signal the kernel delivers, the
+/// real-time ones (`SIGRTMIN` to `SIGRTMAX`) included, which nix's [`Signal`] has no
+/// variant for.
+///
+/// It is shown, and serialised, as its name: `SIGSEGV`, `SIGRTMIN+3`, or `signal 99`
+/// for a number that is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExitSignal(i32);
+
+impl ExitSignal {
+    /// The signal with this number, as `WTERMSIG` gives it.
+    pub fn from_number(number: i32) -> ExitSignal {
+        ExitSignal(number)
+    }
+
+    /// The signal's number.
+    pub fn number(self) -> i32 {
+        self.0
+    }
+
+    /// The signal as nix names it; `None` for a real-time or unknown signal.
+    pub fn as_nix(self) -> Option<Signal> {
+        Signal::try_from(self.0).ok()
+    }
+}
+
+impl From<Signal> for ExitSignal {
+    fn from(signal: Signal) -> ExitSignal {
+        ExitSignal(signal as i32)
+    }
+}
+
+impl PartialEq<Signal> for ExitSignal {
+    fn eq(&self, signal: &Signal) -> bool {
+        self.0 == *signal as i32
+    }
+}
+
+impl fmt::Display for ExitSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(signal) = self.as_nix() {
+            return f.write_str(signal.as_str());
+        }
+        let realtime = crate::sys::realtime_signals();
+        // Counted from SIGRTMIN all the way up, where `kill -l` switches to SIGRTMAX-n
+        // halfway: one spelling for every real-time signal, the offset given to it.
+        if realtime.contains(&self.0) {
+            match self.0 - realtime.start() {
+                0 => f.write_str("SIGRTMIN"),
+                offset => write!(f, "SIGRTMIN+{offset}"),
+            }
+        } else {
+            write!(f, "signal {}", self.0)
+        }
+    }
+}
+
+/// As its name, the same words as the text messages: `"signal":"SIGSEGV"` in the JSON
+/// report.
+impl Serialize for ExitSignal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
 
 /// How a worker process ended, as `waitpid` tells it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum ExitStatus {
     /// It called `exit` with this code.
     Exited(i32),
     /// A signal ended it.
     Signaled {
-        /// The signal's name, e.g. `"SIGSEGV"`.
-        signal: String,
+        /// The signal, serialised as its name, e.g. `"SIGSEGV"`.
+        signal: ExitSignal,
         /// Whether the kernel wrote a core dump.
         core_dumped: bool,
     },
@@ -30,6 +97,11 @@ impl ExitStatus {
     pub fn success(&self) -> bool {
         *self == ExitStatus::Exited(0)
     }
+
+    /// Whether `signal` ended the process.
+    pub fn killed_by(&self, signal: Signal) -> bool {
+        matches!(self, ExitStatus::Signaled { signal: ended_by, .. } if *ended_by == signal)
+    }
 }
 
 impl From<std::process::ExitStatus> for ExitStatus {
@@ -39,7 +111,7 @@ impl From<std::process::ExitStatus> for ExitStatus {
         match (status.code(), status.signal()) {
             (Some(code), _) => ExitStatus::Exited(code),
             (None, Some(signal)) => ExitStatus::Signaled {
-                signal: crate::sys::signal_name(signal),
+                signal: ExitSignal::from_number(signal),
                 core_dumped: status.core_dumped(),
             },
             (None, None) => ExitStatus::Unknown,
@@ -69,6 +141,7 @@ impl fmt::Display for ExitStatus {
 /// Why procpool itself ended a worker, when it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum KillReason {
     /// A task ran past `--task-timeout`.
     TaskTimeout,
@@ -114,8 +187,7 @@ pub struct Crash {
 impl Crash {
     /// A SIGKILL that procpool did not send: on Linux usually the OOM killer.
     pub fn likely_oom(&self) -> bool {
-        self.killed_by_procpool.is_none()
-            && matches!(&self.status, ExitStatus::Signaled { signal, .. } if signal == "SIGKILL")
+        self.killed_by_procpool.is_none() && self.status.killed_by(Signal::SIGKILL)
     }
 }
 
@@ -205,6 +277,7 @@ pub struct WorkerReport {
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RunEnd {
     /// Every task was answered or quarantined.
     Completed,
@@ -255,4 +328,139 @@ impl PoolReport {
 
 fn seconds<S: serde::Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn signaled(signal: impl Into<ExitSignal>, core_dumped: bool) -> ExitStatus {
+        ExitStatus::Signaled {
+            signal: signal.into(),
+            core_dumped,
+        }
+    }
+
+    fn crash(status: ExitStatus, killed_by_procpool: Option<KillReason>) -> Crash {
+        Crash {
+            slot: 1,
+            pid: 4242,
+            status,
+            killed_by_procpool,
+        }
+    }
+
+    /// Ends `sh` with the signal of this number, as a worker that crashed.
+    fn shell_killed_by(number: i32) -> ExitStatus {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{number} $$"))
+            .status()
+            .expect("sh runs");
+        ExitStatus::from(status)
+    }
+
+    #[test]
+    fn signals_are_named_as_kill_names_them() {
+        let rtmin = libc::SIGRTMIN();
+        let rtmax = libc::SIGRTMAX();
+        let names = [
+            (libc::SIGSEGV, "SIGSEGV".to_string()),
+            (libc::SIGKILL, "SIGKILL".to_string()),
+            (libc::SIGSYS, "SIGSYS".to_string()),
+            (rtmin, "SIGRTMIN".to_string()),
+            (rtmin + 3, "SIGRTMIN+3".to_string()),
+            (rtmax, format!("SIGRTMIN+{}", rtmax - rtmin)),
+            // Below SIGRTMIN: the C library's own, which nix does not name either.
+            (rtmin - 1, format!("signal {}", rtmin - 1)),
+            (rtmax + 1, format!("signal {}", rtmax + 1)),
+            (99, "signal 99".to_string()),
+            (0, "signal 0".to_string()),
+        ];
+        for (number, name) in names {
+            let signal = ExitSignal::from_number(number);
+            assert_eq!(signal.to_string(), name, "signal {number}");
+            assert_eq!(signal.number(), number);
+        }
+    }
+
+    #[test]
+    fn only_the_signals_nix_names_convert_to_it() {
+        assert_eq!(
+            ExitSignal::from_number(libc::SIGBUS).as_nix(),
+            Some(Signal::SIGBUS)
+        );
+        assert_eq!(ExitSignal::from(Signal::SIGBUS).number(), libc::SIGBUS);
+        assert_eq!(ExitSignal::from_number(libc::SIGRTMIN() + 3).as_nix(), None);
+        assert_eq!(ExitSignal::from_number(99).as_nix(), None);
+        assert!(ExitSignal::from_number(libc::SIGBUS) == Signal::SIGBUS);
+        assert!(ExitSignal::from_number(libc::SIGBUS) != Signal::SIGSEGV);
+    }
+
+    #[test]
+    fn the_json_report_writes_statuses_as_before() {
+        let json = |value: &Crash| serde_json::to_string(value).expect("serialises");
+        assert_eq!(
+            json(&crash(signaled(Signal::SIGSEGV, false), None)),
+            r#"{"slot":1,"pid":4242,"status":{"signaled":{"signal":"SIGSEGV","core_dumped":false}}}"#
+        );
+        assert_eq!(
+            json(&crash(
+                signaled(ExitSignal::from_number(libc::SIGRTMIN() + 3), true),
+                Some(KillReason::TaskTimeout)
+            )),
+            r#"{"slot":1,"pid":4242,"status":{"signaled":{"signal":"SIGRTMIN+3","core_dumped":true}},"killed_by_procpool":"task_timeout"}"#
+        );
+        assert_eq!(
+            json(&crash(ExitStatus::Exited(3), None)),
+            r#"{"slot":1,"pid":4242,"status":{"exited":3}}"#
+        );
+        assert_eq!(
+            json(&crash(ExitStatus::Unknown, None)),
+            r#"{"slot":1,"pid":4242,"status":"unknown"}"#
+        );
+    }
+
+    #[test]
+    fn crash_messages_name_the_signal_and_who_sent_it() {
+        let text = |status, reason| crash(status, reason).to_string();
+        assert_eq!(
+            text(signaled(Signal::SIGSEGV, true), None),
+            "worker 1 (pid 4242) killed by SIGSEGV (core dumped)"
+        );
+        assert_eq!(
+            text(signaled(Signal::SIGKILL, false), None),
+            "worker 1 (pid 4242) killed by SIGKILL (not sent by procpool: likely the OOM killer)"
+        );
+        assert_eq!(
+            text(signaled(Signal::SIGKILL, false), Some(KillReason::Chaos)),
+            "worker 1 (pid 4242) killed by SIGKILL (sent by procpool: chaos)"
+        );
+        assert_eq!(
+            text(signaled(ExitSignal::from_number(99), false), None),
+            "worker 1 (pid 4242) killed by signal 99"
+        );
+    }
+
+    #[test]
+    fn only_an_unsent_sigkill_looks_like_the_oom_killer() {
+        assert!(crash(signaled(Signal::SIGKILL, false), None).likely_oom());
+        assert!(!crash(signaled(Signal::SIGKILL, false), Some(KillReason::Shutdown)).likely_oom());
+        assert!(!crash(signaled(Signal::SIGTERM, false), None).likely_oom());
+        assert!(!crash(ExitStatus::Exited(137), None).likely_oom());
+    }
+
+    #[test]
+    fn a_real_process_killed_by_a_signal_reads_typed() {
+        let terminated = shell_killed_by(libc::SIGTERM);
+        assert!(terminated.killed_by(Signal::SIGTERM), "{terminated:?}");
+        assert!(!terminated.killed_by(Signal::SIGKILL), "{terminated:?}");
+        assert_eq!(terminated.to_string(), "killed by SIGTERM");
+
+        let realtime = shell_killed_by(libc::SIGRTMIN() + 3);
+        assert_eq!(realtime.to_string(), "killed by SIGRTMIN+3");
+        assert!(!ExitStatus::Exited(0).killed_by(Signal::SIGTERM));
+    }
 }

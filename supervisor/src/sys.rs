@@ -3,6 +3,7 @@
 //! the crate reads as plain Rust.
 
 use std::io;
+use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -13,7 +14,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::Pid;
 
-use crate::report::{CpuTime, ExitStatus};
+use crate::report::{CpuTime, ExitSignal, ExitStatus};
 
 /// A pipe whose two ends are closed on exec; the worker's end is dup'ed onto 0/1/2.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -273,7 +274,7 @@ fn wait4(pid: Pid, flags: libc::c_int) -> io::Result<Option<(ExitStatus, CpuTime
         }
         let exit = if libc::WIFSIGNALED(status) {
             ExitStatus::Signaled {
-                signal: signal_name(libc::WTERMSIG(status)),
+                signal: ExitSignal::from_number(libc::WTERMSIG(status)),
                 core_dumped: libc::WCOREDUMP(status),
             }
         } else {
@@ -283,11 +284,11 @@ fn wait4(pid: Pid, flags: libc::c_int) -> io::Result<Option<(ExitStatus, CpuTime
     }
 }
 
-/// `"SIGSEGV"` for 11; the number itself for signals without a name.
-pub(crate) fn signal_name(number: i32) -> String {
-    Signal::try_from(number)
-        .map(|sig| sig.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {number}"))
+/// The real-time signals, `SIGRTMIN..=SIGRTMAX`: the C library's range (glibc keeps
+/// the kernel's first two for itself), so a name such as `SIGRTMIN+3` means what
+/// `kill -s RTMIN+3` sends.
+pub(crate) fn realtime_signals() -> RangeInclusive<i32> {
+    libc::SIGRTMIN()..=libc::SIGRTMAX()
 }
 
 /// CPU time used by this process (`RUSAGE_SELF`).
@@ -311,4 +312,37 @@ fn cpu_time(usage: &libc::rusage) -> CpuTime {
 
 fn timeval(secs: libc::time_t, micros: libc::suseconds_t) -> Duration {
     Duration::from_secs(secs.max(0) as u64) + Duration::from_micros(micros.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn a_process_ended_by_a_realtime_signal_is_reaped_with_its_number() {
+        let number = libc::SIGRTMIN() + 3;
+        let null = std::fs::File::open("/dev/null").expect("/dev/null opens");
+        let fds = WorkerFds {
+            stdin: null.as_fd(),
+            stdout: null.as_fd(),
+            stderr: null.as_fd(),
+            inherit: &[],
+        };
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!("kill -{number} $$"));
+        let pid = spawn_command(&mut command, &fds).expect("sh starts");
+        let (status, _) = reap_blocking(pid).expect("wait4").expect("it exited");
+        match status {
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                assert_eq!(signal.number(), number);
+                assert!(!core_dumped);
+            }
+            other => panic!("not ended by a signal: {other:?}"),
+        }
+    }
 }
