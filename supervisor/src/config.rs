@@ -96,7 +96,8 @@ pub struct PoolConfig {
     /// any other file they open as `/proc/self/fd/N`. The pool holds a share of each,
     /// so none is closed while a worker may still be started with it.
     pub inherit_fds: Vec<Arc<OwnedFd>>,
-    /// Return [`Event::Tick`] from [`Pool::next_event`] at least this often (for status displays).
+    /// Return [`Event::Tick`](crate::Event::Tick) from [`Pool::next_event`](crate::Pool::next_event)
+    /// at least this often (for status displays).
     pub tick: Option<Duration>,
     /// Where worker log lines go; by default stderr, prefixed `[wN]`.
     pub on_log: LogSink,
