@@ -9,9 +9,15 @@
 //!
 //! The pool is one thread and one `poll` loop over the workers' pipes, a signal
 //! self-pipe and the nearest deadline, so forking stays safe at any time. A worker that
-//! dies has its tasks retried elsewhere (up to `max_attempts`), and its slot restarted
-//! under an OTP-style [`RestartPolicy`]; every task ends exactly once, as a result, an
-//! error, or a quarantined failure.
+//! dies has its tasks retried elsewhere (up to `max_attempts` deaths charged to each),
+//! and its slot restarted under an OTP-style [`RestartPolicy`] that counts progress;
+//! every task ends exactly once, as a result, an error, or a quarantined failure.
+//! SIGINT and SIGTERM are the caller's unless [`PoolConfig::handle_interrupts`] hands
+//! them to the pool; [`Pool::interrupt`] does the same from code.
+//!
+//! Inside, the rules (dispatch, charging, quarantine, restarts, deadlines, shutdown)
+//! are a core that makes no system call and reads no clock: the `Pool` shell feeds it
+//! what the OS reports and carries out the commands it returns.
 //!
 //! Tasks may come from a stream: [`Pool::next_event_or_input`] also wakes when the
 //! stream's descriptor is readable, and a [`LineReader`] splits it into lines without
