@@ -3,9 +3,11 @@
 //!
 //! Required: it sends `ready`; it answers one task, then eight tasks sent at once,
 //! each exactly once with a `result` or an `error` (in any order) and nothing for ids
-//! it was not given; it exits 0 after `stop`, and (a second process) on EOF.
+//! it was not given, and any `started` it sends at most once per task, for a task it
+//! holds; it exits 0 after `stop`, and (a second process) on EOF.
 //! Optional, reported but never failing the check: only protocol messages on stdout,
-//! and some input answered with an `error` (a worker need not fail on any input).
+//! some input answered with an `error` (a worker need not fail on any input), and
+//! `started` sent for every task (a sequential worker need not send it).
 //!
 //! This drives the worker with the child crate's framing over `std::process` pipes
 //! rather than through a `Pool`: the checks need exact control the pool hides on
@@ -137,6 +139,7 @@ fn run_checks(words: &[String], args: &Args, list: &mut Checklist) {
     list.record(STOP, worker.wait_exit(args.grace));
     let mut stray = worker.stray.clone();
     let mut errors = worker.error_answers();
+    let (mut announced, mut answered) = worker.announced_answers();
 
     // The second process: ready, one task, then EOF instead of stop.
     match Worker::start(words) {
@@ -150,6 +153,9 @@ fn run_checks(words: &[String], args: &Args, list: &mut Checklist) {
             list.record(EOF, result);
             stray.extend(worker.stray.clone());
             errors += worker.error_answers();
+            let (more_announced, more_answered) = worker.announced_answers();
+            announced += more_announced;
+            answered += more_answered;
         }
         Err(err) => list.fail(EOF, err),
     }
@@ -162,6 +168,20 @@ fn run_checks(words: &[String], args: &Args, list: &mut Checklist) {
             format!(
                 "{} other line(s), forwarded as logs in a run, e.g. {first:?}; log to stderr",
                 stray.len()
+            ),
+        ),
+    }
+    let started_check = "announces each task with `started` (optional)";
+    match announced {
+        0 => list.skip(
+            started_check,
+            "never sends it; a crash is then charged to the oldest task not answered, right for a worker that runs one task at a time".into(),
+        ),
+        _ if announced == answered => list.pass(started_check, format!("all {answered} tasks")),
+        _ => list.warn(
+            started_check,
+            format!(
+                "{announced} of {answered} answered tasks; a worker that sends it is charged for a crash only by the tasks it started, so send it for every task"
             ),
         ),
     }
@@ -239,6 +259,10 @@ struct Worker {
     answer_order: Vec<TaskId>,
     /// Ids sent so far.
     sent: Vec<TaskId>,
+    /// How many `started` messages came for each id.
+    started: BTreeMap<TaskId, usize>,
+    /// Ids whose `started` came after their answer.
+    started_after_answer: Vec<TaskId>,
     /// stdout lines that are not protocol messages.
     stray: Vec<String>,
     ready: bool,
@@ -289,6 +313,8 @@ impl Worker {
             answers: BTreeMap::new(),
             answer_order: Vec::new(),
             sent: Vec::new(),
+            started: BTreeMap::new(),
+            started_after_answer: Vec::new(),
             stray: Vec::new(),
             ready: false,
         })
@@ -330,8 +356,7 @@ impl Worker {
         };
         match decode_line::<FromWorker>(&line) {
             Ok(FromWorker::Ready) => self.ready = true,
-            // `started` is optional and announces nothing to check here.
-            Ok(FromWorker::Started { .. }) => {}
+            Ok(FromWorker::Started { id }) => self.on_started(id),
             Ok(FromWorker::Result { id, .. }) => self.on_answer(id, "result"),
             Ok(FromWorker::Error { id, .. }) => self.on_answer(id, "error"),
             Err(_) => self
@@ -347,6 +372,13 @@ impl Worker {
             self.answer_order.push(id);
         }
         answers.push(kind);
+    }
+
+    fn on_started(&mut self, id: TaskId) {
+        if self.answers.contains_key(&id) {
+            self.started_after_answer.push(id);
+        }
+        *self.started.entry(id).or_default() += 1;
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, String> {
@@ -404,6 +436,7 @@ impl Worker {
                 "answered task id(s) {unknown:?} it was never given"
             ));
         }
+        problems.extend(self.started_problems(ids));
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -425,6 +458,44 @@ impl Worker {
                 (_, false) => ", out of order",
             }
         ))
+    }
+
+    /// What is wrong with the `started` messages so far: for ids never sent, and for
+    /// any of `ids` after its answer or more than once.
+    fn started_problems(&self, ids: &[TaskId]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let unknown: Vec<TaskId> = self
+            .started
+            .keys()
+            .copied()
+            .filter(|id| !self.sent.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            problems.push(format!(
+                "sent `started` for task id(s) {unknown:?} it was never given"
+            ));
+        }
+        let late: Vec<TaskId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.started_after_answer.contains(id))
+            .collect();
+        if !late.is_empty() {
+            problems.push(format!(
+                "sent `started` for task(s) {late:?} after answering them"
+            ));
+        }
+        let twice: Vec<TaskId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.started.get(id).is_some_and(|&count| count > 1))
+            .collect();
+        if !twice.is_empty() {
+            problems.push(format!(
+                "sent `started` for task(s) {twice:?} more than once"
+            ));
+        }
+        problems
     }
 
     /// Waits up to `grace` for the exit; kills the worker if it does not come.
@@ -466,6 +537,21 @@ impl Worker {
                 _ => return "still running".into(),
             }
         }
+    }
+
+    /// How many of the answered tasks it was given had a `started`, and how many
+    /// it answered.
+    fn announced_answers(&self) -> (usize, usize) {
+        let answered: Vec<&TaskId> = self
+            .answers
+            .keys()
+            .filter(|id| self.sent.contains(id))
+            .collect();
+        let announced = answered
+            .iter()
+            .filter(|id| self.started.contains_key(id))
+            .count();
+        (announced, answered.len())
     }
 
     fn error_answers(&self) -> usize {

@@ -6,7 +6,7 @@ mod util;
 use std::path::PathBuf;
 use std::process::Command;
 
-use util::{manifest_dir, python_example, Output, Procpool};
+use util::{manifest_dir, protocol_worker, python_example, threaded_worker, Output, Procpool};
 
 fn check(command: &str, expected_code: i32) -> Output {
     Procpool::new(["check-worker", command]).run(expected_code)
@@ -42,10 +42,20 @@ fn rust_example() -> PathBuf {
     path
 }
 
+/// The optional check of `started`, as printed for a worker that sends it every time.
+const ANNOUNCES_ALL: &str = "[pass] announces each task with `started` (optional): all 10 tasks";
+
 #[test]
 fn the_python_sdk_workers_pass() {
-    assert_passes(&python_example("procpool_worker.py"));
-    assert_passes(&python_example("worker.py"));
+    let output = assert_passes(&python_example("procpool_worker.py"));
+    assert!(output.stdout.contains(ANNOUNCES_ALL), "{output}");
+    let output = assert_passes(&python_example("worker.py"));
+    assert!(
+        output
+            .stdout
+            .contains("[skip] announces each task with `started` (optional): never sends it"),
+        "{output}"
+    );
     // Every check input is a bad path: error answers, which pass too.
     let output = assert_passes(&python_example("count_words.py"));
     assert!(
@@ -68,7 +78,8 @@ fn the_shell_worker_passes() {
 
 #[test]
 fn the_rust_example_and_the_builtin_worker_pass() {
-    assert_passes(&rust_example().display().to_string());
+    let output = assert_passes(&rust_example().display().to_string());
+    assert!(output.stdout.contains(ANNOUNCES_ALL), "{output}");
     let output = Procpool::new([
         "check-worker",
         env!("CARGO_BIN_EXE_procpool"),
@@ -80,6 +91,59 @@ fn the_rust_example_and_the_builtin_worker_pass() {
         output.stdout.contains("5 of 5 required checks passed"),
         "{output}"
     );
+    assert!(output.stdout.contains(ANNOUNCES_ALL), "{output}");
+}
+
+#[test]
+fn a_concurrent_worker_that_sends_started_passes() {
+    // Answers out of order, each task announced as its thread begins it.
+    let worker = threaded_worker(
+        "send({'type': 'started', 'id': m['id']})\n\
+         time.sleep(0.01 * (m['id'] % 3))\n\
+         send({'type': 'result', 'id': m['id'], 'output': m['input']})\n",
+    );
+    let output = Procpool::new(["check-worker", "python3 w.py"])
+        .write("w.py", &worker)
+        .run(0);
+    assert!(
+        output.stdout.contains("5 of 5 required checks passed") && !output.stdout.contains("FAIL"),
+        "{output}"
+    );
+    assert!(output.stdout.contains(ANNOUNCES_ALL), "{output}");
+    assert!(output.stdout.contains("out of order"), "{output}");
+}
+
+#[test]
+fn a_started_that_breaks_the_protocol_fails_the_check() {
+    // Each worker answers every task, with one kind of bad `started` beside it.
+    let cases = [
+        (
+            "send({'type': 'started', 'id': m['id'] + 1000})\nsend({'type': 'result', 'id': m['id']})\n",
+            "[FAIL] answers a task exactly once (result or error): sent `started` for task id(s) [1000] it was never given",
+        ),
+        (
+            "send({'type': 'result', 'id': m['id']})\nsend({'type': 'started', 'id': m['id']})\n",
+            "[FAIL] answers a task exactly once (result or error): sent `started` for task(s) [0] after answering them",
+        ),
+        (
+            "for _ in range(2): send({'type': 'started', 'id': m['id']})\nsend({'type': 'result', 'id': m['id']})\n",
+            "[FAIL] answers a task exactly once (result or error): sent `started` for task(s) [0] more than once",
+        ),
+    ];
+    for (body, expected) in cases {
+        let output = Procpool::new(["check-worker", "--timeout", "2", "python3 w.py"])
+            .write("w.py", &protocol_worker(body))
+            .run(1);
+        assert!(
+            output.stdout.contains(expected),
+            "expected {expected:?}\n{output}"
+        );
+        // The same problem fails the batch and the EOF check too, and nothing else.
+        assert!(
+            output.stdout.contains("2 of 5 required checks passed"),
+            "{output}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //!
 //! A worker reads JSON lines on stdin and writes JSON lines on stdout; see
 //! `PROTOCOL.md` in this crate for the full contract, written for any language.
+//! [`serve`] sends `started` before it runs each task, so when a task takes the
+//! process down, the supervisor charges that task and retries the rest for free.
 //!
 //! ```no_run
 //! // A complete worker: doubles every number it is given.

@@ -169,6 +169,17 @@ mod tests {
     }
 
     #[test]
+    fn started_wire_form_matches_the_spec() {
+        let started = FromWorker::Started { id: 7 };
+        assert_eq!(encode_line(&started), b"{\"type\":\"started\",\"id\":7}\n");
+        assert_eq!(
+            decode_line::<FromWorker>(b"{\"type\":\"started\",\"id\":7,\"thread\":2}").unwrap(),
+            started
+        );
+        assert!(decode_line::<FromWorker>(b"{\"type\":\"started\"}").is_err());
+    }
+
+    #[test]
     fn non_protocol_lines_are_errors_not_panics() {
         for line in [
             &b"hello"[..],

@@ -12,7 +12,9 @@ it sends `ready`, calls `handler(input)` for every task and answers with its ret
 value; an exception becomes an `error` answer with the exception's text (the task
 failed, the worker goes on). `stop` or EOF ends it with exit status 0. A
 `BaseException` that is not an `Exception` (`sys.exit`, `KeyboardInterrupt`) is not
-caught: the worker dies and procpool retries the task, as for any crash.
+caught: the worker dies and procpool retries the task, as for any crash. Before each
+task it sends `started`, so a crash is charged to the task that caused it and to no
+other; that line goes out in the same write as the previous answer.
 
 While `serve` runs, `print()` and anything else written to `sys.stdout` goes to the
 worker's stderr, which procpool forwards as its log: stdout carries protocol only.
@@ -101,9 +103,13 @@ def serve(handler, infd=0, outfd=1):
         sys.stdout.flush()
         outfd = os.dup(1)
         os.dup2(2, 1)
-    _write_all(outfd, b'{"type":"ready"}\n')
+    # Written before each read that may block; in between, an answer waits only for
+    # the next task's `started`, so that both go out in one write.
+    unsent = b'{"type":"ready"}\n'
     partial = []
     while True:
+        _write_all(outfd, unsent)
+        unsent = b""
         chunk = os.read(infd, 1 << 16)
         if not chunk:
             return  # EOF means stop
@@ -124,12 +130,15 @@ def serve(handler, infd=0, outfd=1):
                 continue
             kind = message.get("type") if isinstance(message, dict) else None
             if kind == "stop":
+                _write_all(outfd, unsent)
                 return
             if kind != "task":
                 continue  # a message type from a newer protocol: ignore it
-            # Each answer is written before the next task starts: when a worker dies,
-            # procpool blames the oldest task it had not answered.
-            _write_all(outfd, (_answer(handler, message) + "\n").encode())
+            # `started` is out before the handler runs: if it kills the process,
+            # procpool charges this task and retries the others uncharged.
+            started = json.dumps({"type": "started", "id": message.get("id")})
+            _write_all(outfd, unsent + started.encode() + b"\n")
+            unsent = (_answer(handler, message) + "\n").encode()
 
 
 if __name__ == "__main__":

@@ -562,3 +562,31 @@ for line in sys.stdin:
 {body}"#
     )
 }
+
+/// A raw protocol worker (no SDK) that runs up to four tasks at once, each in a thread
+/// of its own: `body` is the thread's work for the task message `m`, and
+/// `send(message)` writes one line (safe to call from any thread). It waits for the
+/// tasks it holds before it exits on `stop` or EOF; crash tests dump no core.
+pub fn threaded_worker(body: &str) -> String {
+    let body: String = body.lines().map(|line| format!("    {line}\n")).collect();
+    format!(
+        r#"import json, os, resource, signal, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+stdout_lock = threading.Lock()
+def send(message):
+    with stdout_lock:
+        print(json.dumps(message), flush=True)
+def run(m):
+{body}send({{"type": "ready"}})
+threads = ThreadPoolExecutor(max_workers=4)
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] == "stop":
+        break
+    if m["type"] == "task":
+        threads.submit(run, m)
+threads.shutdown(wait=True)
+"#
+    )
+}
