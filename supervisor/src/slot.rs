@@ -98,11 +98,14 @@ impl Exit {
     /// task is the culprit; several are suspects; a task timeout names the oldest
     /// running task alone; a chaos kill names none.
     pub(crate) fn blames<'a>(&self, crash: &'a Crash) -> Vec<Blame<'a>> {
+        // A worker that says `started` but had started nothing died reading its
+        // oldest task (a parse crash, say): that one is charged, as without `started`.
+        let by_started = self.reports_started && self.held.iter().any(|held| held.started);
         let mut running: Vec<bool> = self
             .held
             .iter()
             .enumerate()
-            .map(|(position, held)| match self.reports_started {
+            .map(|(position, held)| match by_started {
                 true => held.started,
                 false => position == 0,
             })

@@ -48,14 +48,16 @@ impl Process {
     /// The tasks it is running: those it started, or, if it never says `started`,
     /// the oldest it holds (a worker that runs tasks in order).
     fn running(&self) -> Vec<TaskId> {
-        if !self.reports_started {
-            self.inbox.front().copied().into_iter().collect()
-        } else {
-            self.inbox
-                .iter()
-                .copied()
-                .filter(|id| self.started.contains(id))
-                .collect()
+        let started: Vec<TaskId> = self
+            .inbox
+            .iter()
+            .copied()
+            .filter(|id| self.started.contains(id))
+            .collect();
+        // Having started none, it is reading the oldest.
+        match self.reports_started && !started.is_empty() {
+            true => started,
+            false => self.inbox.front().copied().into_iter().collect(),
         }
     }
 }
@@ -457,6 +459,21 @@ fn with_started_one_running_task_is_the_culprit_and_queued_ones_are_free() {
             (b, Charge::Counted { count: 1 }),
             (c, Charge::Waiting)
         ]
+    );
+    sim.finish();
+}
+
+#[test]
+fn a_worker_that_says_started_but_started_nothing_charges_the_oldest() {
+    let mut sim = ready_pool(1);
+    sim.put();
+    sim.start(0, 0);
+    sim.answer(0, 0, true);
+    let (a, b) = (sim.put(), sim.put());
+    sim.die(0);
+    assert_eq!(
+        lost(&sim),
+        [(a, Charge::Counted { count: 1 }), (b, Charge::Waiting)]
     );
     sim.finish();
 }
