@@ -425,12 +425,7 @@ impl Worker {
         if !twice.is_empty() {
             problems.push(format!("answered task(s) {twice:?} more than once"));
         }
-        let unknown: Vec<TaskId> = self
-            .answers
-            .keys()
-            .copied()
-            .filter(|id| !self.sent.contains(id))
-            .collect();
+        let unknown = self.never_given(self.answers.keys());
         if !unknown.is_empty() {
             problems.push(format!(
                 "answered task id(s) {unknown:?} it was never given"
@@ -460,16 +455,16 @@ impl Worker {
         ))
     }
 
+    /// The ids among `ids` that were never sent to the worker.
+    fn never_given<'a>(&self, ids: impl Iterator<Item = &'a TaskId>) -> Vec<TaskId> {
+        ids.copied().filter(|id| !self.sent.contains(id)).collect()
+    }
+
     /// What is wrong with the `started` messages so far: for ids never sent, and for
     /// any of `ids` after its answer or more than once.
     fn started_problems(&self, ids: &[TaskId]) -> Vec<String> {
         let mut problems = Vec::new();
-        let unknown: Vec<TaskId> = self
-            .started
-            .keys()
-            .copied()
-            .filter(|id| !self.sent.contains(id))
-            .collect();
+        let unknown = self.never_given(self.started.keys());
         if !unknown.is_empty() {
             problems.push(format!(
                 "sent `started` for task id(s) {unknown:?} it was never given"
