@@ -226,7 +226,8 @@ impl Pool {
         while let Some(command) = self.core.poll_command() {
             if let Command::Spawn { slot } = command {
                 if let Err(err) = self.spawn(slot) {
-                    self.core.spawn_failed(slot, err.to_string());
+                    self.core
+                        .spawn_failed(slot, err.to_string(), Instant::now());
                 }
             } else {
                 self.carry_out(command);
