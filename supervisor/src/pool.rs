@@ -233,6 +233,9 @@ impl Pool {
                 self.carry_out(command);
             }
         }
+        for process in self.processes.iter_mut().flatten() {
+            process.flush_outbox();
+        }
     }
 
     /// One command other than a spawn. A command for a process already reaped is moot.
@@ -240,7 +243,7 @@ impl Pool {
         match command {
             Command::Send { slot, line } => {
                 if let Some(process) = &mut self.processes[slot] {
-                    process.send(&line);
+                    process.queue(&line);
                 }
             }
             Command::Stop { slot } => {
