@@ -562,7 +562,7 @@ impl Core {
 
     /// Neither interrupted, shutting down nor aborted: tasks are dispatched and lost
     /// ones retried.
-    fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         self.ending == Ending::Running && self.aborted.is_none()
     }
 

@@ -357,7 +357,8 @@ impl Pool {
                 self.reap(slot);
             }
         }
-        if children {
+        // Once the run ends, one sweep at the end of shutdown does for all.
+        if children && self.core.running() {
             let workers = self.worker_pids();
             self.orphans.sweep_if_due(&workers);
         }
