@@ -39,6 +39,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let source = (workload.start)(&args.workload.matches, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
         .map_err(|err| UsageError(format!("{err:#}")))?;
+    // A worker beyond the task count would only start and stop (the workload has
+    // planned with `procs` all the same: that is its split, not the pool's size).
+    let procs = source
+        .total_tasks()
+        .map_or(procs, |total| procs.min(total.max(1) as usize));
     let mut config = pool_config(&args.pool, procs, workload)?;
     config.inherit_fds.extend(source.inherited_fds());
     for shared in source.shared_arrays() {
