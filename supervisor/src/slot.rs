@@ -509,6 +509,33 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_stdin_is_killed_after_the_linger_and_charges_no_task() {
+        let now = Instant::now();
+        let mut slot = ready_slot(now);
+        slot.hand(1, false, now);
+        assert!(slot.started(1));
+        slot.pipe_closed(KillReason::StdinClosed, now);
+        slot.pipe_closed(KillReason::StdoutClosed, now);
+        let due = now + PIPE_CLOSED_LINGER;
+        assert_eq!(slot.next_deadline(None, None), Some(due));
+        assert_eq!(slot.overdue(now, None, None), None);
+        assert_eq!(
+            slot.overdue(due, None, None),
+            Some(KillReason::StdinClosed),
+            "the first pipe closed names the kill"
+        );
+        assert!(slot.kill(KillReason::StdinClosed));
+        let exit = slot.exited(ExitStatus::Exited(0), CpuTime::default(), due);
+        let crash = Crash {
+            slot: 0,
+            pid: 7,
+            status: ExitStatus::Exited(0),
+            killed_by_procpool: Some(KillReason::StdinClosed),
+        };
+        assert!(matches!(exit.blames(&crash)[..], [Blame::Bystander]));
+    }
+
+    #[test]
     fn a_start_that_never_says_ready_is_overdue() {
         let now = Instant::now();
         let mut slot = Slot::new(0, now);

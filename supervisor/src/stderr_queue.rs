@@ -217,3 +217,52 @@ fn open() -> Out {
         Err(_) => Out::Stderr,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_full_queue_drops_lines_and_says_how_many_once_there_is_room() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let write = File::from(write);
+        crate::sys::set_nonblocking(write.as_fd()).unwrap();
+        crate::sys::set_nonblocking(read.as_fd()).unwrap();
+        let mut queue = Queue::new();
+        queue.out = Out::NonBlocking(Box::leak(Box::new(write)));
+        let line = format!("{}\n", "l".repeat(1023));
+        let lines = 2 * STDERR_QUEUE_BYTES / line.len();
+        for _ in 0..lines {
+            queue.push(line.as_bytes());
+            queue.flush();
+        }
+        assert!(queue.bytes <= STDERR_QUEUE_BYTES && queue.dropped > 0);
+        let dropped = queue.dropped;
+        let mut read = File::from(read);
+        let mut got = Vec::new();
+        let mut buffer = vec![0; 1 << 16];
+        while queue.pending_fd().is_some() {
+            match read.read(&mut buffer) {
+                Ok(n) => got.extend_from_slice(&buffer[..n]),
+                Err(err) => assert_eq!(err.kind(), io::ErrorKind::WouldBlock),
+            }
+            queue.flush();
+            queue.note_drops();
+            queue.flush();
+        }
+        while let Ok(n) = read.read(&mut buffer) {
+            got.extend_from_slice(&buffer[..n]);
+        }
+        let text = String::from_utf8(got).unwrap();
+        let note =
+            format!("procpool: {dropped} log lines dropped (stderr was not read fast enough)\n");
+        assert!(text.ends_with(&note), "{}", &text[text.len() - 200..]);
+        let kept = text.lines().filter(|l| l.starts_with('l')).count() as u64;
+        assert_eq!(
+            kept + dropped,
+            lines as u64,
+            "every line is written or counted"
+        );
+    }
+}
