@@ -326,7 +326,12 @@ impl Core {
     fn send_tasks(&mut self, now: Instant) {
         let deadline_ms = self.settings.task_timeout.map(|t| t.as_millis() as u64);
         let max_tasks = self.settings.max_tasks_per_child;
-        for depth in 0..self.dispatch_depth() {
+        // No slot takes a task at a depth below the shallowest ready one: start there,
+        // so a turn with full workers costs one pass over the slots, not `prefetch`.
+        let Some(shallowest) = self.slots.iter().filter_map(Slot::ready_depth).min() else {
+            return;
+        };
+        for depth in shallowest..self.dispatch_depth() {
             for slot in &mut self.slots {
                 if !slot.takes_task(depth, max_tasks) {
                     continue;

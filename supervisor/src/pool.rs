@@ -231,6 +231,13 @@ impl Pool {
                 self.carry_out(command);
             }
         }
+        for slot in 0..self.processes.len() {
+            if let Some(process) = &mut self.processes[slot] {
+                if process.flush_outbox().is_err() {
+                    self.core.stdin_closed(slot, Instant::now());
+                }
+            }
+        }
     }
 
     /// One command other than a spawn. A command for a process already reaped is moot.
@@ -238,16 +245,12 @@ impl Pool {
         match command {
             Command::Send { slot, line } => {
                 if let Some(process) = &mut self.processes[slot] {
-                    if process.send(line).is_err() {
-                        self.core.stdin_closed(slot, Instant::now());
-                    }
+                    process.queue(line);
                 }
             }
             Command::Stop { slot } => {
                 if let Some(process) = &mut self.processes[slot] {
-                    if process.stop().is_err() {
-                        self.core.stdin_closed(slot, Instant::now());
-                    }
+                    process.stop();
                 }
             }
             Command::Signal { slot, signal } => {

@@ -56,22 +56,21 @@ impl WorkerProcess {
         }
     }
 
-    /// Queues a line for the worker's stdin and writes what the pipe takes now. A line
-    /// sent to an empty outbox becomes the outbox, uncopied. `Err`: see
-    /// [`flush_outbox`](WorkerProcess::flush_outbox).
-    pub(crate) fn send(&mut self, line: Vec<u8>) -> io::Result<()> {
+    /// Queues a line for the worker's stdin; [`flush_outbox`](Self::flush_outbox)
+    /// writes it, so that the lines of one turn go out in one write. A line queued
+    /// to an empty outbox becomes the outbox, uncopied.
+    pub(crate) fn queue(&mut self, line: Vec<u8>) {
         if self.written == self.outbox.len() {
             self.outbox = line;
             self.written = 0;
-        } else {
-            if self.written * 2 >= self.outbox.len() {
-                // Cheaper to move the unwritten rest than what was written is long.
-                self.outbox.drain(..self.written);
-                self.written = 0;
-            }
-            self.outbox.extend_from_slice(&line);
+            return;
         }
-        self.flush_outbox()
+        if self.written * 2 >= self.outbox.len() {
+            // Cheaper to move the unwritten rest than what was written is long.
+            self.outbox.drain(..self.written);
+            self.written = 0;
+        }
+        self.outbox.extend_from_slice(&line);
     }
 
     /// Writes queued bytes until the pipe is full. `Err` when the worker closed its
@@ -95,7 +94,6 @@ impl WorkerProcess {
                 }
             }
         }
-        // Written out: give the memory back (a long line's outbox is as long as it).
         self.clear_outbox();
         if self.closing {
             self.stdin = None;
@@ -103,15 +101,21 @@ impl WorkerProcess {
         Ok(())
     }
 
+    /// Empties the outbox, giving back the memory of a long line's (an outbox is as
+    /// long as the longest line queued since).
     fn clear_outbox(&mut self) {
-        self.outbox = Vec::new();
+        const KEPT_CAPACITY: usize = 1 << 20;
+        self.outbox.clear();
+        if self.outbox.capacity() > KEPT_CAPACITY {
+            self.outbox = Vec::new();
+        }
         self.written = 0;
     }
 
-    /// Sends the `stop` sentinel, then closes stdin once everything queued is written.
-    pub(crate) fn stop(&mut self) -> io::Result<()> {
+    /// Queues the `stop` sentinel; stdin is closed once everything queued is written.
+    pub(crate) fn stop(&mut self) {
         self.closing = true;
-        self.send(encode_line(&ToWorker::Stop))
+        self.queue(encode_line(&ToWorker::Stop));
     }
 
     /// The stdin descriptor while open (to poll: for writability while bytes wait, and
