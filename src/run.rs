@@ -113,6 +113,7 @@ fn pool_config(
     config.chaos = args.chaos;
     config.max_line = args.max_line;
     config.handle_interrupts = true;
+    config.adopt_orphans = true;
     Ok(config)
 }
 

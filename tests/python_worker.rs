@@ -114,7 +114,10 @@ def answer(message):
         );
         assert!(output.stderr.contains(&line), "no {line:?}\n{output}");
     }
-    assert!(output.stderr.contains(": \"debug: got task 10\""), "{output}");
+    assert!(
+        output.stderr.contains(": \"debug: got task 10\""),
+        "{output}"
+    );
 }
 
 #[test]

@@ -164,8 +164,28 @@ impl Core {
         self.events.push_back(Event::WorkerStarted { slot, pid });
     }
 
-    pub(crate) fn spawn_failed(&mut self, slot: usize, error: String) {
-        self.abort(AbortReason::CannotRestart { slot, error });
+    /// A restart could not create its process (EAGAIN at a process limit, say). That
+    /// may pass: the slot is tried again after the backoff, each try spent from the
+    /// restart budget, while the other workers go on; past the budget the run stops.
+    pub(crate) fn spawn_failed(&mut self, slot: usize, error: String, now: Instant) {
+        let young_deaths = self.slots[slot].note_death(true);
+        if !self.running() {
+            return;
+        }
+        if !self.budget.allow(&self.settings.restart, now) {
+            self.abort(AbortReason::CannotRestart { slot, error });
+            return;
+        }
+        let entropy = self.random();
+        let delay = backoff(&self.settings.restart, young_deaths, entropy);
+        self.slots[slot].schedule(Some(now + delay), false);
+        self.log(
+            slot,
+            format!(
+                "procpool: cannot start worker {slot}: {error}; retrying in {} ms",
+                delay.as_millis()
+            ),
+        );
     }
 
     pub(crate) fn ready(&mut self, slot: usize) {
@@ -550,7 +570,7 @@ impl Core {
 
     /// Neither interrupted, shutting down nor aborted: tasks are dispatched and lost
     /// ones retried.
-    fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         self.ending == Ending::Running && self.aborted.is_none()
     }
 

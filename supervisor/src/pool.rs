@@ -17,6 +17,7 @@ use crate::config::{LogSink, PoolConfig, WorkerStart};
 use crate::core::{Command, Core, Settings};
 use crate::event::{Event, PoolError, TaskOutcome};
 use crate::lines::ReadOutcome;
+use crate::orphans::Orphans;
 use crate::poll::{PollTable, Token};
 use crate::report::{KillReason, PoolReport};
 use crate::signals::SignalPipes;
@@ -24,6 +25,10 @@ use crate::slot::WorkerStatus;
 use crate::stderr_queue;
 use crate::sys::{self, WorkerFds};
 use crate::worker::{WorkerProcess, LOG_LINE_MAX};
+
+/// How long the last sweep for leftovers at shutdown may take: one stuck in the kernel
+/// is left rather than waited for without end.
+const LAST_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A pool of worker processes fed from a joinable queue.
 ///
@@ -56,6 +61,8 @@ pub struct Pool {
     inherit_fds: Vec<Arc<OwnedFd>>,
     on_log: LogSink,
     max_line: usize,
+    /// The guardian, and what workers leave behind.
+    orphans: Orphans,
     /// The caller's input was readable at the last wait.
     input_ready: bool,
     started: Instant,
@@ -82,6 +89,8 @@ impl Pool {
             processes: (0..config.procs).map(|_| None).collect(),
             table: PollTable::new(config.procs),
             signals: SignalPipes::register(config.handle_interrupts)?,
+            // Twice the slots: a group is held from its worker's start to its reaping.
+            orphans: Orphans::start(2 * config.procs + 16, config.adopt_orphans)?,
             start: config.start,
             arrays: config.arrays,
             inherit_fds: config.inherit_fds,
@@ -207,10 +216,12 @@ impl Pool {
         for slot in 0..self.processes.len() {
             if let Some(mut process) = self.processes[slot].take() {
                 if let Some((status, cpu)) = process.kill_and_reap() {
+                    self.orphans.worker_reaped(process.pid.as_raw());
                     self.core.exited(slot, status, cpu, Instant::now());
                 }
             }
         }
+        self.orphans.sweep_all(LAST_SWEEP);
         self.core.clear_events();
         stderr_queue::finish(Duration::from_secs(1));
         self.core.report(
@@ -225,7 +236,8 @@ impl Pool {
         while let Some(command) = self.core.poll_command() {
             if let Command::Spawn { slot } = command {
                 if let Err(err) = self.spawn(slot) {
-                    self.core.spawn_failed(slot, err.to_string());
+                    self.core
+                        .spawn_failed(slot, err.to_string(), Instant::now());
                 }
             } else {
                 self.carry_out(command);
@@ -281,6 +293,7 @@ impl Pool {
             stdout: stdout_write.as_fd(),
             stderr: stderr_write.as_fd(),
             inherit: &inherit,
+            subreaper: self.orphans.adopting(),
         };
         let env = WorkerEnv {
             index: slot,
@@ -306,6 +319,7 @@ impl Pool {
             }
         };
         drop((stdin_read, stdout_write, stderr_write));
+        self.orphans.worker_started(pid.as_raw());
         self.processes[slot] = Some(WorkerProcess::new(
             pid,
             stdin_write,
@@ -370,6 +384,11 @@ impl Pool {
             if children || stdout_closed {
                 self.reap(slot);
             }
+        }
+        // Once the run ends, one sweep at the end of shutdown does for all.
+        if children && self.core.running() {
+            let workers = self.worker_pids();
+            self.orphans.sweep_if_due(&workers);
         }
         self.core.on_time(Instant::now());
         self.execute();
@@ -467,6 +486,7 @@ impl Pool {
         let Some((status, cpu)) = process.try_reap() else {
             return;
         };
+        let pid = process.pid.as_raw();
         // Everything the worker wrote before dying is in its pipes now: read it all.
         // A grandchild may hold the pipes open, so stop once a read leaves them open.
         loop {
@@ -486,7 +506,16 @@ impl Pool {
             }
         }
         self.processes[slot] = None;
+        self.orphans.worker_reaped(pid);
         self.core.exited(slot, status, cpu, Instant::now());
+    }
+
+    fn worker_pids(&self) -> Vec<i32> {
+        self.processes
+            .iter()
+            .flatten()
+            .map(|process| process.pid.as_raw())
+            .collect()
     }
 }
 
