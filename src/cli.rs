@@ -180,12 +180,25 @@ pub struct PoolArgs {
     /// SIGKILL a random busy worker this many times per second (to watch recovery).
     #[arg(long, global = true, value_parser = parse::rate)]
     pub chaos: Option<f64>,
+    /// The longest line, in bytes (256M, 1G): of a worker's stdout, past which the
+    /// worker is killed, and of `run tasks` input, past which the run stops reading.
+    #[arg(long, global = true, default_value = "256M", value_parser = parse::bytes)]
+    pub max_line: usize,
     /// Print one JSON object (the result and the run report) instead of a summary.
     #[arg(long, global = true)]
     pub json: bool,
     /// Print no worker events, only the summary and errors.
     #[arg(long, global = true)]
     pub quiet: bool,
+}
+
+/// `--max-line` as a workload sees it in its own options (a global option is handed
+/// down to the workload's subcommand).
+pub fn max_line(matches: &ArgMatches) -> usize {
+    matches
+        .get_one::<usize>("max_line")
+        .copied()
+        .unwrap_or(procpool_supervisor::DEFAULT_MAX_LINE)
 }
 
 #[cfg(test)]
@@ -217,6 +230,23 @@ mod tests {
             let err =
                 Cli::try_parse_from(["procpool", "run", "noop", "--grace", grace]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{grace}");
+        }
+    }
+
+    #[test]
+    fn the_workload_sees_max_line() {
+        for (args, expected) in [(&["--max-line", "1G"][..], 1 << 30), (&[], 256 << 20)] {
+            let cli = Cli::try_parse_from(
+                ["procpool", "run", "tasks", "--child", "w"]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap();
+            let Command::Run(run) = cli.command else {
+                panic!("expected run")
+            };
+            assert_eq!(run.pool.max_line, expected);
+            assert_eq!(max_line(&run.workload.matches), expected);
         }
     }
 

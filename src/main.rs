@@ -34,13 +34,19 @@ fn main() -> ExitCode {
         Command::Gen(args) => gen::run(args).map(|_| ExitCode::SUCCESS),
         Command::Run(args) => run::run(*args),
     };
-    outcome.unwrap_or_else(failure)
+    let code = outcome.unwrap_or_else(failure);
+    // What is still queued for stderr, unless nobody reads it.
+    procpool_supervisor::stderr_queue::finish(STDERR_PATIENCE);
+    code
 }
+
+/// How long the last log lines wait for a stderr that takes nothing, at exit.
+const STDERR_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Prints why a command failed and picks its exit code: 2 for a usage mistake (like
 /// clap's own), 1 for a run that could not proceed.
 fn failure(err: anyhow::Error) -> ExitCode {
-    eprintln!("procpool: error: {err:#}");
+    procpool_supervisor::stderr_queue::write(&format!("procpool: error: {err:#}\n"));
     let usage = err.downcast_ref::<run::UsageError>().is_some();
     ExitCode::from(if usage { 2 } else { 1 })
 }

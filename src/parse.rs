@@ -31,6 +31,26 @@ pub fn count(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A size in bytes: a whole number (`1000000`, `1e9`) or one with a binary unit
+/// (`64K`, `256M`, `1G`; `KiB`, `MiB`, `GiB` too); at least 1 KiB.
+pub fn bytes(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let number = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, shift) = match number.strip_suffix(['k', 'm', 'g']) {
+        Some(digits) if number.ends_with('k') => (digits, 10),
+        Some(digits) if number.ends_with('m') => (digits, 20),
+        Some(digits) => (digits, 30),
+        None => (number, 0),
+    };
+    let bad = || format!("'{text}' is not a size of at least 1 KiB (e.g. 256M, 1G, 1000000)");
+    let count = count(digits.trim()).map_err(|_| bad())?;
+    let size = count.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    match usize::try_from(size) {
+        Ok(size) if size >= 1024 => Ok(size),
+        _ => Err(bad()),
+    }
+}
+
 /// A positive, finite rate per second.
 pub fn rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -42,6 +62,17 @@ pub fn rate(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(bytes("256M"), Ok(256 << 20));
+        assert_eq!(bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(bytes("64k"), Ok(64 << 10));
+        assert_eq!(bytes("1e6"), Ok(1_000_000));
+        for bad in ["", "12", "1.5G", "-1M", "lots", "1e30"] {
+            assert!(bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn counts_may_be_scientific_but_must_be_whole() {

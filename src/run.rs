@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use procpool_child::ArraySpec;
+use procpool_shm::untrusted::{excerpt, EXCERPT_BYTES};
 use procpool_supervisor::{
-    AbortReason, Charge, Event, LostTask, Pool, PoolConfig, PoolError, PoolReport, RestartPolicy,
-    RunEnd, TaskFailure, TaskOutcome, WorkerStart,
+    stderr_queue, AbortReason, Charge, Event, LostTask, Pool, PoolConfig, PoolError, PoolReport,
+    RestartPolicy, RunEnd, TaskFailure, TaskOutcome, WorkerStart,
 };
 use serde_json::{json, Value};
 
@@ -115,6 +116,7 @@ fn pool_config(
     config.max_tasks_per_child = args.max_tasks_per_child;
     config.grace = args.grace;
     config.chaos = args.chaos;
+    config.max_line = args.max_line;
     config.handle_interrupts = true;
     config.adopt_orphans = true;
     Ok(config)
@@ -289,7 +291,9 @@ fn on_event(
             let message = outcome
                 .failure_message(attempts)
                 .expect("results are matched above");
-            // `task 7 failed: <the worker's error>`, `task 7 quarantined after ...`.
+            // `task 7 failed: <the worker's error>`, `task 7 quarantined after ...`;
+            // the worker's words escaped and cut (the report has them whole).
+            let message = excerpt(message.as_bytes(), EXCERPT_BYTES);
             match outcome {
                 TaskOutcome::Failed(_) => status.warn(&format!("task {id} {message}")),
                 _ => status.warn(&format!("task {id} failed: {message}")),
@@ -380,13 +384,11 @@ fn print_outcome(
     to_stderr: bool,
 ) -> Result<()> {
     let written = if to_stderr {
-        write_outcome(
-            &mut std::io::stderr().lock(),
-            outcome,
-            args,
-            workload,
-            procs,
-        )
+        // After the log lines, through the same queue: never blocked by a full stderr.
+        let mut text = Vec::new();
+        let written = write_outcome(&mut text, outcome, args, workload, procs);
+        stderr_queue::write(&String::from_utf8_lossy(&text));
+        written
     } else {
         write_outcome(
             &mut std::io::stdout().lock(),
@@ -411,10 +413,13 @@ fn write_outcome(
 ) -> std::io::Result<()> {
     let report = &outcome.report;
     if let RunEnd::Aborted(reason) = &report.end {
-        eprintln!("procpool: error: {reason}{}", what_to_do(reason));
+        stderr_queue::write(&format!(
+            "procpool: error: {reason}{}\n",
+            what_to_do(reason)
+        ));
     }
     if let Some(err) = &outcome.error {
-        eprintln!("procpool: error: {err:#}");
+        stderr_queue::write(&format!("procpool: error: {err:#}\n"));
     }
     if args.json {
         let mut object = json!({

@@ -1,15 +1,16 @@
 //! What a person sees on stderr while a run goes: log lines and worker events, and —
 //! when stderr is a terminal — a worker table with a progress bar, redrawn in place.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use procpool_supervisor::WorkerStatus;
+use procpool_supervisor::{stderr_queue, WorkerStatus};
 
 /// How often the live table is redrawn.
 pub const REDRAW_EVERY: Duration = Duration::from_millis(200);
 
-/// Owns stderr for the run, so log lines and the live table never interleave.
+/// Owns stderr for the run, so log lines and the live table never interleave. All of
+/// it goes through [`stderr_queue`], so a stderr nobody reads never stalls the pool.
 pub struct Status {
     live: bool,
     quiet: bool,
@@ -60,9 +61,7 @@ impl Status {
             text.push_str(&self.frame);
             self.drawn = self.frame.lines().count();
         }
-        let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(text.as_bytes());
-        let _ = stderr.flush();
+        stderr_queue::write(&text);
     }
 
     /// Redraws the worker table and progress bar (only on a terminal).
@@ -81,16 +80,16 @@ impl Status {
         let text = self.erase() + &frame;
         self.drawn = frame.lines().count();
         self.frame = frame;
-        let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(text.as_bytes());
-        let _ = stderr.flush();
+        stderr_queue::write(&text);
     }
 
     /// Removes the table from the screen (at the end of the run).
     pub fn clear(&mut self) {
         self.frame.clear();
         let erase = self.erase();
-        let _ = std::io::stderr().lock().write_all(erase.as_bytes());
+        if !erase.is_empty() {
+            stderr_queue::write(&erase);
+        }
     }
 
     /// The escape sequence that moves up over the drawn table and clears it.

@@ -110,11 +110,14 @@ def answer(message):
     assert_eq!(report["tasks_ok"], json!(100), "{output}");
     for slot in ["[w0]", "[w1]"] {
         let line = format!(
-            "{slot} procpool: warning: stdout line is not a protocol v1 message (expected value at line 1 column 1): hello from a chatty worker"
+            "{slot} procpool: warning: stdout line is not a protocol v1 message (expected value at line 1 column 1): \"hello from a chatty worker\""
         );
         assert!(output.stderr.contains(&line), "no {line:?}\n{output}");
     }
-    assert!(output.stderr.contains(": debug: got task 10"), "{output}");
+    assert!(
+        output.stderr.contains(": \"debug: got task 10\""),
+        "{output}"
+    );
 }
 
 #[test]

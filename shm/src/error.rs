@@ -3,6 +3,8 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::untrusted::{excerpt, quote, EXCERPT_BYTES};
+
 /// Everything that can go wrong in `procpool-shm`.
 ///
 /// Each message says what was found and what to do about it. Errors about a
@@ -31,8 +33,9 @@ pub enum ShmError {
 
     /// The bytes do not start with the `.npy` magic string.
     #[error(
-        "not a .npy file: it starts with {found:?} instead of \"\\x93NUMPY\"; \
-         save arrays with numpy.save or procpool's write_npy"
+        "not a .npy file: it starts with {} instead of \"\\x93NUMPY\"; \
+         save arrays with numpy.save or procpool's write_npy",
+        quote(found)
     )]
     NotNpy {
         /// The first bytes found (up to six).
@@ -65,8 +68,9 @@ pub enum ShmError {
 
     /// The header dictionary could not be parsed or lacks a key.
     #[error(
-        "malformed .npy header ({problem}) in {header:?}; \
-         the file was not written by numpy, or is damaged: rewrite it with numpy.save"
+        "malformed .npy header ({problem}) in {}; \
+         the file was not written by numpy, or is damaged: rewrite it with numpy.save",
+        quote(header)
     )]
     MalformedHeader {
         /// What is wrong.
@@ -76,7 +80,10 @@ pub enum ShmError {
     },
 
     /// A dtype procpool does not read.
-    #[error("unsupported dtype {descr} ({what}); procpool reads f8, f4, i8, i4, u1")]
+    #[error(
+        "unsupported dtype {} ({what}); procpool reads f8, f4, i8, i4, u1",
+        excerpt(descr.as_bytes(), EXCERPT_BYTES)
+    )]
     UnsupportedDtype {
         /// The dtype description as found, quoted when it was a string.
         descr: String,

@@ -40,6 +40,8 @@
 //! - [`matmul_rows`]: a single-threaded SIMD dgemm of a row block of shared
 //!   matrices, in place (the `gemm` crate's kernel; its raw-pointer interface
 //!   is wrapped here so that `unsafe` stays in this crate).
+//! - [`untrusted`]: untrusted text (a header, a worker's line) escaped and cut for
+//!   a message, the one helper every procpool crate shows such text through.
 //! - [`fault::segfault`]: a genuine invalid memory access, for crash tests.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -49,6 +51,7 @@ pub mod fault;
 mod matmul;
 pub mod npy;
 mod shared;
+pub mod untrusted;
 mod window;
 
 pub use error::{Result, ShmError};

@@ -19,6 +19,7 @@ pub(crate) use dtype::{decode_f64_raw, element_bytes};
 pub use file::{read_npy_f64, write_npy, NpyWriter};
 
 use crate::error::{Result, ShmError};
+use crate::untrusted::quote;
 use literal::Literal;
 
 /// The first six bytes of every `.npy` file.
@@ -205,7 +206,7 @@ fn parse_dict(text: &str, data_offset: usize) -> Result<NpyHeader> {
                 shape = Some(dims.ok_or_else(|| {
                     malformed(format!(
                         "'shape' must be a tuple of sizes, not {}",
-                        entry.text
+                        quote(entry.text)
                     ))
                 })?);
             }
@@ -217,7 +218,7 @@ fn parse_dict(text: &str, data_offset: usize) -> Result<NpyHeader> {
                 };
                 return Err(malformed(format!(
                     "'{key}' must be {wanted}, not {}",
-                    entry.text
+                    quote(entry.text)
                 )));
             }
             _ => {}
@@ -444,11 +445,11 @@ mod tests {
             ),
             (
                 "{'descr': '<f8', 'fortran_order': 0, 'shape': (3,)}",
-                "must be True or False, not 0",
+                "must be True or False, not \"0\"",
             ),
             (
                 "{'descr': '<f8', 'fortran_order': False, 'shape': [3]}",
-                "must be a tuple, not [3]",
+                "must be a tuple, not \"[3]\"",
             ),
             (
                 "{'descr': '<f8', 'fortran_order': False, 'shape': ('a',)}",

@@ -7,6 +7,12 @@
 //! `{"id":..,"input":..,"output":..}` or `{"id":..,"input":..,"error":".."}`, in
 //! completion order, or in input order with `--ordered`.
 //!
+//! A line longer than `--max-line` (default 256 MiB) stops the run: no more input is
+//! read, the tasks already put finish, and the run exits 1 naming the line. Such a
+//! line means the input is not one value per line (a binary file, `/dev/zero`, a
+//! missing newline), not that one task is bad: skipping it would silently lose data,
+//! and an endless stream without newlines would be read for ever.
+//!
 //! Memory stays bounded whatever the input size: the driver asks for the next input
 //! only while fewer than its window of tasks are held (in flight, or finished and
 //! waiting for an earlier one with `--ordered`), and the source keeps the inputs of
@@ -22,6 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use procpool_child::TaskId;
@@ -42,7 +49,7 @@ pub const USAGE: &str = "`procpool run tasks` needs --child CMD, the worker that
 /// Reads the options of `procpool run tasks` and opens the stream.
 pub fn start(matches: &clap::ArgMatches, _procs: usize) -> Result<Box<dyn TaskSource>> {
     let args = <Args as clap::FromArgMatches>::from_arg_matches(matches)?;
-    Ok(Box::new(Tasks::new(&args)?))
+    Ok(Box::new(Tasks::new(&args, crate::cli::max_line(matches))?))
 }
 
 /// Options of `procpool run tasks`.
@@ -76,8 +83,13 @@ pub struct Tasks {
     input_name: String,
     /// A read of the input failed: reported once, after the lines before it.
     read_error: Option<io::Error>,
-    /// Inputs of tasks put and not yet answered.
-    inputs: HashMap<TaskId, Value>,
+    /// A line was longer than `max_line`: reported like `read_error`.
+    line_too_long: bool,
+    /// Lines taken from the input so far, blank ones included (to name a bad one).
+    lines_read: u64,
+    max_line: usize,
+    /// Inputs of tasks put and not yet answered, shared with the pool.
+    inputs: HashMap<TaskId, Arc<Value>>,
     ordered: bool,
     /// `--ordered`: every task put and not yet written, in input order.
     order: VecDeque<TaskId>,
@@ -89,14 +101,15 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    pub fn new(args: &Args) -> Result<Tasks> {
+    /// The stream `args` name, whose lines may be up to `max_line` bytes long.
+    pub fn new(args: &Args, max_line: usize) -> Result<Tasks> {
         let input = if args.input == "-" {
             open_stdin().context("reading stdin")?
         } else {
             File::open(&args.input)
                 .with_context(|| format!("--input {}: cannot open it", args.input))?
         };
-        let input = LineReader::new(input, None);
+        let input = LineReader::new(input, Some(max_line));
         let to_stdout = args.output == "-";
         let out: Box<dyn Write> = if to_stdout {
             Box::new(io::stdout())
@@ -114,6 +127,9 @@ impl Tasks {
                 args.input.clone()
             },
             read_error: None,
+            line_too_long: false,
+            lines_read: 0,
+            max_line,
             inputs: HashMap::new(),
             ordered: args.ordered,
             order: VecDeque::new(),
@@ -133,6 +149,7 @@ impl Tasks {
     fn next_input(&mut self) -> Option<Value> {
         loop {
             let line = self.input.next_line()?;
+            self.lines_read += 1;
             let text = line.strip_suffix(b"\r").unwrap_or(&line);
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -146,7 +163,7 @@ impl Tasks {
 
     /// Writes (or, with `--ordered`, queues) the line of a finished task.
     fn finish(&mut self, id: TaskId, output: Option<&Value>, error: Option<&str>) -> Result<()> {
-        let input = self.inputs.remove(&id).unwrap_or(Value::Null);
+        let input = self.inputs.remove(&id).unwrap_or_default();
         let line = ResultLine {
             id,
             input: &input,
@@ -193,10 +210,11 @@ fn open_stdin() -> io::Result<File> {
 }
 
 impl TaskSource for Tasks {
-    fn next_task(&mut self, id: TaskId) -> Option<Result<Value>> {
+    fn next_task(&mut self, id: TaskId) -> Option<Result<Arc<Value>>> {
         if let Some(value) = self.next_input() {
-            // The pool keeps its own copy, to send again after a crash.
-            self.inputs.insert(id, value.clone());
+            // Shared with the pool, which keeps it to send again after a crash.
+            let value = Arc::new(value);
+            self.inputs.insert(id, Arc::clone(&value));
             if self.ordered {
                 self.order.push_back(id);
             }
@@ -204,6 +222,14 @@ impl TaskSource for Tasks {
         }
         // Reported as a planning failure, so the tasks already running still finish.
         let name = &self.input_name;
+        if std::mem::take(&mut self.line_too_long) {
+            return Some(Err(anyhow::anyhow!(
+                "reading {name}: line {} is longer than the {} line bound; is the input one \
+                 JSON value per line? (raise the bound with --max-line)",
+                self.lines_read + 1,
+                procpool_supervisor::size_text(self.max_line),
+            )));
+        }
         self.read_error
             .take()
             .map(|err| Err(anyhow::Error::new(err).context(format!("reading {name}"))))
@@ -214,10 +240,13 @@ impl TaskSource for Tasks {
     }
 
     fn read_input(&mut self) -> Result<()> {
-        // No line limit, so never LineTooLong; a signal mid-read, or data gone (a
-        // terminal drops typed-ahead input on Ctrl-C), is `Open`: reading goes on.
-        if let ReadOutcome::Failed(err) = self.input.fill() {
-            self.read_error = Some(err);
+        // A signal mid-read, or data gone (a terminal drops typed-ahead input on
+        // Ctrl-C), is `Open`: reading goes on.
+        match self.input.fill() {
+            ReadOutcome::Failed(err) => self.read_error = Some(err),
+            // The lines before it are still in the reader: they run first.
+            ReadOutcome::LineTooLong => self.line_too_long = true,
+            _ => {}
         }
         Ok(())
     }

@@ -30,8 +30,9 @@ pub enum Answer {
 pub trait TaskSource {
     /// The input of the next task, which the pool will put as task `id`, or `None`
     /// when there are none (for now). Called while the pool has room, so a source can
-    /// stream inputs it never holds whole.
-    fn next_task(&mut self, id: TaskId) -> Option<Result<Value>>;
+    /// stream inputs it never holds whole. Shared: a source that keeps the input
+    /// (to echo it) holds no second copy of it.
+    fn next_task(&mut self, id: TaskId) -> Option<Result<Arc<Value>>>;
 
     /// Tasks the source holds on to (handed out and not yet fully handled); the driver
     /// hands out no more while this or the pool's unfinished count fills its window.

@@ -568,7 +568,8 @@ impl<'de> Deserialize<'de> for Sum {
                 "inf" => Ok(Sum(f64::INFINITY)),
                 "-inf" => Ok(Sum(f64::NEG_INFINITY)),
                 _ => Err(serde::de::Error::custom(format!(
-                    "a sum is {text:?}, not a number"
+                    "a sum is {}, not a number",
+                    procpool_shm::untrusted::quote(&text)
                 ))),
             },
         }

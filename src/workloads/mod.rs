@@ -89,9 +89,11 @@ pub type TypedHandler<W> =
 pub struct Planned<W>(pub W);
 
 impl<W: Workload> TaskSource for Planned<W> {
-    fn next_task(&mut self, _id: TaskId) -> Option<Result<Value>> {
+    fn next_task(&mut self, _id: TaskId) -> Option<Result<Arc<Value>>> {
         Some(self.0.next_input()?.and_then(|input| {
-            serde_json::to_value(input).map_err(|err| anyhow::anyhow!("a task input: {err}"))
+            serde_json::to_value(input)
+                .map(Arc::new)
+                .map_err(|err| anyhow::anyhow!("a task input: {err}"))
         }))
     }
 

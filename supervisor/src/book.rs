@@ -3,6 +3,7 @@
 //! accounting) is tested on its own.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use procpool_child::TaskId;
 use serde_json::Value;
@@ -23,7 +24,8 @@ pub(crate) struct Counts {
 }
 
 struct TaskRecord {
-    input: Value,
+    /// Shared with the caller that put it (a source that echoes inputs keeps one).
+    input: Arc<Value>,
     /// Times sent to a worker.
     sends: u32,
     /// Deaths counted against it: it alone was running, and not a chaos kill.
@@ -79,7 +81,8 @@ impl TaskBook {
         }
     }
 
-    pub(crate) fn put(&mut self, input: Value) -> TaskId {
+    pub(crate) fn put(&mut self, input: impl Into<Arc<Value>>) -> TaskId {
+        let input = input.into();
         let id = self.queue.put();
         self.records.insert(
             id,

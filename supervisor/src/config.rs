@@ -101,6 +101,11 @@ pub struct PoolConfig {
     pub tick: Option<Duration>,
     /// Where worker log lines go; by default stderr, prefixed `[wN]`.
     pub on_log: LogSink,
+    /// The longest line a worker may write on stdout, in bytes: past it the worker is
+    /// killed as broken (its tasks retried), so a line without a newline cannot grow
+    /// the supervisor without bound. A worker's stderr lines are cut at
+    /// [`LOG_LINE_MAX`](crate::LOG_LINE_MAX) instead.
+    pub max_line: usize,
     /// Take over SIGINT and SIGTERM while the pool runs: the first stops dispatch and
     /// lets running tasks finish within `grace`, the second kills the workers. Off by
     /// default, so a library user's own handling stands; [`Pool::interrupt`](crate::Pool::interrupt)
@@ -132,12 +137,19 @@ impl PoolConfig {
             arrays: BTreeMap::new(),
             inherit_fds: Vec::new(),
             tick: None,
-            on_log: Box::new(|slot, line| eprintln!("[w{slot}] {line}")),
+            max_line: DEFAULT_MAX_LINE,
+            on_log: Box::new(|slot, line| {
+                crate::stderr_queue::write(&format!("[w{slot}] {line}\n"))
+            }),
             handle_interrupts: false,
             adopt_orphans: false,
         }
     }
 }
+
+/// Default bound of one line from a worker's stdout (and of `procpool run tasks`'
+/// input lines): 256 MiB.
+pub const DEFAULT_MAX_LINE: usize = 256 << 20;
 
 /// Default upper bound of tasks in flight per worker; bench/BENCHMARKS.md has the
 /// measurement behind it (tiny-task throughput stops growing past it).

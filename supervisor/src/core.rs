@@ -8,6 +8,7 @@
 //! property tests (`core/tests.rs`) without a process.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -150,7 +151,7 @@ impl Core {
     }
 
     /// Adds a task; a task put after an interrupt or an abort is not run.
-    pub(crate) fn put(&mut self, input: Value) -> TaskId {
+    pub(crate) fn put(&mut self, input: impl Into<Arc<Value>>) -> TaskId {
         let id = self.book.put(input);
         if !self.running() {
             self.book.abandon_waiting();
@@ -233,7 +234,14 @@ impl Core {
 
     /// The worker's stdout reached its end while the process may still run.
     pub(crate) fn stdout_closed(&mut self, slot: usize, now: Instant) {
-        self.slots[slot].stdout_closed(now);
+        self.slots[slot].pipe_closed(KillReason::StdoutClosed, now);
+    }
+
+    /// A write to the worker's stdin failed (EPIPE: it closed its stdin) while the
+    /// process may still run: what was queued for it is gone, so it is killed after
+    /// the same linger as a closed stdout, and its tasks are retried uncharged.
+    pub(crate) fn stdin_closed(&mut self, slot: usize, now: Instant) {
+        self.slots[slot].pipe_closed(KillReason::StdinClosed, now);
     }
 
     /// procpool kills a slot's process for `reason` (unless it already did).
@@ -603,7 +611,12 @@ impl Core {
     }
 
     /// The run report, with the times only the shell can measure.
-    pub(crate) fn report(&self, wall: Duration, supervisor_cpu: CpuTime) -> PoolReport {
+    pub(crate) fn report(
+        &self,
+        wall: Duration,
+        supervisor_cpu: CpuTime,
+        supervisor_peak_rss_kib: u64,
+    ) -> PoolReport {
         let end = match (&self.aborted, self.interrupts) {
             (Some(reason), _) => RunEnd::Aborted(reason.clone()),
             (None, 0) => RunEnd::Completed,
@@ -628,6 +641,7 @@ impl Core {
             workers,
             wall,
             supervisor_cpu,
+            supervisor_peak_rss_kib,
             workers_cpu,
         }
     }

@@ -56,13 +56,16 @@ mod restart;
 mod signals;
 mod slot;
 mod start_error;
+pub mod stderr_queue;
 mod sys;
 mod worker;
 
-pub use config::{LogSink, PoolConfig, WorkerStart, DEFAULT_PREFETCH, QUEUED_WORK_TARGET};
+pub use config::{
+    LogSink, PoolConfig, WorkerStart, DEFAULT_MAX_LINE, DEFAULT_PREFETCH, QUEUED_WORK_TARGET,
+};
 pub use event::{AbortReason, Charge, Event, LostTask, PoolError, TaskOutcome};
 pub use lines::{LineReader, ReadOutcome};
-pub use pool::Pool;
+pub use pool::{size_text, Pool};
 pub use queue::JoinableQueue;
 pub use report::{
     quarantine_message, CpuTime, Crash, ExitSignal, ExitStatus, KillReason, PoolReport, RunEnd,
@@ -71,3 +74,4 @@ pub use report::{
 pub use restart::RestartPolicy;
 pub use slot::WorkerStatus;
 pub use start_error::explain_start_error;
+pub use worker::LOG_LINE_MAX;

@@ -10,8 +10,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 /// return at once: a non-blocking pipe or terminal, or a regular file.
 pub struct LineReader {
     fd: Option<File>,
-    /// The longest line kept; longer ones are dropped. `None`: no limit.
+    /// The longest line kept; longer ones are dropped, or cut with `cut`. `None`: no limit.
     max_line: Option<usize>,
+    /// A line past `max_line` is handed out cut to it instead of dropped.
+    cut: bool,
     /// Where each read lands before it is appended: allocated (and zeroed) once, not
     /// per read. It starts small and doubles while reads fill it, up to
     /// [`MAX_CHUNK`]: a quiet stream of a thousand workers' then costs a page, which
@@ -39,7 +41,8 @@ pub enum ReadOutcome {
     Open,
     /// The writer closed its end; the last partial line, if any, is now a line.
     Eof,
-    /// A line longer than the reader's `max_line`: dropped, up to its newline.
+    /// A line longer than the reader's `max_line`: dropped up to its newline, or for a
+    /// [`cutting`](LineReader::cutting) reader handed out cut (the last line ready).
     LineTooLong,
     /// A read failed: the descriptor is closed, and a partial last line is dropped.
     Failed(io::Error),
@@ -51,12 +54,22 @@ impl LineReader {
         LineReader {
             fd: Some(file),
             max_line,
+            cut: false,
             chunk: vec![0; FIRST_CHUNK],
             buffer: Vec::new(),
             consumed: 0,
             scanned: 0,
             partial_len: 0,
             discarding: false,
+        }
+    }
+
+    /// A reader of `file` that cuts lines longer than `max_line` bytes to that length
+    /// and drops the rest of each, so such a line is never held whole.
+    pub fn cutting(file: File, max_line: usize) -> Self {
+        LineReader {
+            cut: true,
+            ..LineReader::new(file, Some(max_line))
         }
     }
 
@@ -103,10 +116,16 @@ impl LineReader {
                         Some(last_newline) => chunk.len() - last_newline - 1,
                         None => self.partial_len + chunk.len(),
                     };
-                    if self.max_line.is_some_and(|max| self.partial_len > max) {
-                        // Drop the line, and the rest of it as it arrives; the pipe stays
-                        // open, so the writer is not killed by SIGPIPE for a long line.
-                        self.buffer.truncate(self.buffer.len() - self.partial_len);
+                    if let Some(max) = self.max_line.filter(|&max| self.partial_len > max) {
+                        // Drop the line (or all of it past `max`), and the rest of it as it
+                        // arrives; the pipe stays open, so the writer is not killed by
+                        // SIGPIPE for a long line.
+                        let kept = if self.cut { max } else { 0 };
+                        self.buffer
+                            .truncate(self.buffer.len() - self.partial_len + kept);
+                        if self.cut {
+                            self.buffer.push(b'\n');
+                        }
                         self.scanned = self.scanned.min(self.buffer.len());
                         self.partial_len = 0;
                         self.discarding = true;
@@ -136,9 +155,20 @@ impl LineReader {
         match newline {
             Some(offset) => {
                 let end = self.scanned + offset;
-                let line = self.buffer[self.consumed..end].to_vec();
-                self.consumed = end + 1;
-                self.scanned = self.consumed;
+                if end - self.consumed < self.buffer.len() / 2 {
+                    let line = self.buffer[self.consumed..end].to_vec();
+                    self.consumed = end + 1;
+                    self.scanned = self.consumed;
+                    return Some(line);
+                }
+                // A line that is most of the buffer is handed out as the buffer itself,
+                // and the rest moves instead: a long line is never held twice.
+                let rest = self.buffer[end + 1..].to_vec();
+                let mut line = std::mem::replace(&mut self.buffer, rest);
+                line.truncate(end);
+                line.drain(..self.consumed);
+                self.consumed = 0;
+                self.scanned = 0;
                 Some(line)
             }
             None => {
@@ -151,7 +181,13 @@ impl LineReader {
     /// Drops lines already handed out, moving the rest to the front only when that
     /// costs less than what was handed out (so many short lines stay linear).
     fn compact(&mut self) {
-        if self.consumed > 0 && self.consumed * 2 >= self.buffer.len() {
+        const KEPT_CAPACITY: usize = 1 << 20;
+        if self.consumed == self.buffer.len() && self.buffer.capacity() > KEPT_CAPACITY {
+            // Everything was handed out: a buffer grown by one long line is given back.
+            self.buffer = Vec::new();
+            self.consumed = 0;
+            self.scanned = 0;
+        } else if self.consumed > 0 && self.consumed * 2 >= self.buffer.len() {
             self.buffer.drain(..self.consumed);
             self.scanned -= self.consumed;
             self.consumed = 0;
@@ -215,5 +251,31 @@ mod tests {
         }
         written.join().unwrap().unwrap();
         assert_eq!(got[0].len(), 200_000);
+    }
+
+    #[test]
+    fn a_cutting_reader_hands_out_the_start_of_a_long_line() {
+        let (read, mut writer) = pipe(None);
+        let mut reader = LineReader::cutting(read.fd.unwrap(), 4);
+        writer.write_all(b"ab\n0123456789").unwrap();
+        assert!(matches!(reader.fill(), ReadOutcome::LineTooLong));
+        assert_eq!(lines(&mut reader), ["ab", "0123"]);
+        writer.write_all(b"rest\nnext\n").unwrap();
+        assert!(matches!(reader.fill(), ReadOutcome::Open));
+        assert_eq!(lines(&mut reader), ["next"]);
+    }
+
+    #[test]
+    fn a_long_line_after_short_ones_comes_whole_with_what_follows() {
+        let (mut reader, mut writer) = pipe(None);
+        let long = "L".repeat(1000);
+        writer
+            .write_all(format!("s\n{long}\nt\nu").as_bytes())
+            .unwrap();
+        assert!(matches!(reader.fill(), ReadOutcome::Open));
+        assert_eq!(lines(&mut reader), ["s", long.as_str(), "t"]);
+        drop(writer);
+        assert!(matches!(reader.fill(), ReadOutcome::Eof));
+        assert_eq!(lines(&mut reader), ["u"]);
     }
 }

@@ -1,5 +1,6 @@
 //! The poll registration table: one `pollfd` per thing the loop may wait on, at a
-//! fixed place for the whole run (the signal pipes, the caller's input, then each
+//! fixed place for the whole run (the signal pipes, the caller's input, procpool's
+//! own stderr while log lines wait for it, then each
 //! slot's stdin, stdout and stderr), like mio's token table. Between waits the shell
 //! updates entries in place; an entry with nothing to wait on holds -1, which `poll`
 //! skips, so no vector is rebuilt per turn.
@@ -13,12 +14,14 @@ pub(crate) enum Token {
     Interrupts,
     Children,
     Input,
+    /// procpool's stderr, writable (see [`crate::stderr_queue`]).
+    Log,
     Stdin(usize),
     Stdout(usize),
     Stderr(usize),
 }
 
-const FIXED: usize = 3;
+const FIXED: usize = 4;
 const PER_SLOT: usize = 3;
 
 pub(crate) struct PollTable {
@@ -38,6 +41,7 @@ impl PollTable {
         for token in [Token::Interrupts, Token::Children, Token::Input] {
             table.entries[Self::index(token)].events = libc::POLLIN;
         }
+        table.entries[Self::index(Token::Log)].events = libc::POLLOUT;
         for slot in 0..procs {
             table.entries[Self::index(Token::Stdin(slot))].events = libc::POLLOUT;
             table.entries[Self::index(Token::Stdout(slot))].events = libc::POLLIN;
@@ -51,6 +55,7 @@ impl PollTable {
             Token::Interrupts => 0,
             Token::Children => 1,
             Token::Input => 2,
+            Token::Log => 3,
             Token::Stdin(slot) => FIXED + PER_SLOT * slot,
             Token::Stdout(slot) => FIXED + PER_SLOT * slot + 1,
             Token::Stderr(slot) => FIXED + PER_SLOT * slot + 2,
@@ -61,6 +66,16 @@ impl PollTable {
     pub(crate) fn set(&mut self, token: Token, fd: Option<BorrowedFd<'_>>) {
         let raw: RawFd = fd.map_or(-1, |fd| fd.as_raw_fd());
         self.entries[Self::index(token)].fd = raw;
+    }
+
+    /// A worker's stdin: polled while open, for writability only while `pending`
+    /// bytes wait (a pipe whose reader closed it reports an error either way).
+    pub(crate) fn set_stdin(&mut self, slot: usize, fd: Option<BorrowedFd<'_>>, pending: bool) {
+        self.set(Token::Stdin(slot), fd);
+        self.entries[Self::index(Token::Stdin(slot))].events = match pending {
+            true => libc::POLLOUT,
+            false => 0,
+        };
     }
 
     /// Waits until an entry is ready or `timeout` passes (or a signal interrupts).
@@ -78,6 +93,12 @@ impl PollTable {
     /// broken: an I/O on it will not block).
     pub(crate) fn ready(&self, token: Token) -> bool {
         self.entries[Self::index(token)].revents != 0
+    }
+
+    /// Whether the last wait found `token` broken: for a pipe's write end, that its
+    /// reader closed it.
+    pub(crate) fn broken(&self, token: Token) -> bool {
+        self.entries[Self::index(token)].revents & libc::POLLERR != 0
     }
 }
 

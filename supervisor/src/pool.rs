@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Command as ProcessCommand;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use procpool_child::{decode_line, ArraySpec, FromWorker, TaskId, WorkerEnv};
+use procpool_shm::untrusted::{excerpt, quote};
 use serde_json::Value;
 
 use crate::config::{LogSink, PoolConfig, WorkerStart};
@@ -21,8 +22,9 @@ use crate::poll::{PollTable, Token};
 use crate::report::{KillReason, PoolReport};
 use crate::signals::SignalPipes;
 use crate::slot::WorkerStatus;
+use crate::stderr_queue;
 use crate::sys::{self, WorkerFds};
-use crate::worker::{WorkerProcess, MAX_LINE};
+use crate::worker::{WorkerProcess, LOG_LINE_MAX};
 
 /// How long the last sweep for leftovers at shutdown may take: one stuck in the kernel
 /// is left rather than waited for without end.
@@ -58,6 +60,7 @@ pub struct Pool {
     arrays: BTreeMap<String, ArraySpec>,
     inherit_fds: Vec<Arc<OwnedFd>>,
     on_log: LogSink,
+    max_line: usize,
     /// The guardian, and what workers leave behind.
     orphans: Orphans,
     /// The caller's input was readable at the last wait.
@@ -92,6 +95,7 @@ impl Pool {
             arrays: config.arrays,
             inherit_fds: config.inherit_fds,
             on_log: config.on_log,
+            max_line: config.max_line,
             input_ready: false,
             started: now,
         };
@@ -109,8 +113,10 @@ impl Pool {
     }
 
     /// Adds a task; returns its id. Tasks are dispatched in `put` order. A task put
-    /// after an interrupt or an abort is counted as not run at once.
-    pub fn put(&mut self, input: Value) -> TaskId {
+    /// after an interrupt or an abort is counted as not run at once. The pool keeps
+    /// the input until the task ends (to send it again after a crash): a caller that
+    /// keeps it too can share it, as an `Arc`, rather than hold a second copy.
+    pub fn put(&mut self, input: impl Into<Arc<Value>>) -> TaskId {
         self.core.put(input)
     }
 
@@ -217,8 +223,12 @@ impl Pool {
         }
         self.orphans.sweep_all(LAST_SWEEP);
         self.core.clear_events();
-        self.core
-            .report(self.started.elapsed(), sys::own_cpu_time())
+        stderr_queue::finish(Duration::from_secs(1));
+        self.core.report(
+            self.started.elapsed(),
+            sys::own_cpu_time(),
+            sys::own_peak_rss_kib(),
+        )
     }
 
     /// Carries out the core's commands until it has none.
@@ -233,8 +243,12 @@ impl Pool {
                 self.carry_out(command);
             }
         }
-        for process in self.processes.iter_mut().flatten() {
-            process.flush_outbox();
+        for slot in 0..self.processes.len() {
+            if let Some(process) = &mut self.processes[slot] {
+                if process.flush_outbox().is_err() {
+                    self.core.stdin_closed(slot, Instant::now());
+                }
+            }
         }
     }
 
@@ -243,7 +257,7 @@ impl Pool {
         match command {
             Command::Send { slot, line } => {
                 if let Some(process) = &mut self.processes[slot] {
-                    process.queue(&line);
+                    process.queue(line);
                 }
             }
             Command::Stop { slot } => {
@@ -267,6 +281,10 @@ impl Pool {
         let (stderr_read, stderr_write) = sys::pipe()?;
         for fd in [&stdin_write, &stdout_read, &stderr_read] {
             sys::set_nonblocking(fd.as_fd())?;
+        }
+        // Task and answer lines: a long one then crosses in 16 times fewer turns.
+        for fd in [&stdin_write, &stdout_read] {
+            sys::grow_pipe(fd.as_fd(), 1 << 20);
         }
         // Numbers, for the child between fork and exec (where nothing may allocate).
         let inherit: Vec<RawFd> = self.inherit_fds.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -307,6 +325,7 @@ impl Pool {
             stdin_write,
             stdout_read,
             stderr_read,
+            self.max_line,
         ));
         self.core.spawned(slot, pid.as_raw(), Instant::now());
         Ok(())
@@ -330,6 +349,9 @@ impl Pool {
                 self.core.interrupt(Instant::now());
             }
         }
+        if self.table.ready(Token::Log) {
+            stderr_queue::flush();
+        }
         let children = self.table.ready(Token::Children);
         if children {
             SignalPipes::drain(&self.signals.children);
@@ -337,7 +359,13 @@ impl Pool {
         for slot in 0..self.processes.len() {
             if self.table.ready(Token::Stdin(slot)) {
                 if let Some(process) = &mut self.processes[slot] {
-                    process.flush_outbox();
+                    let broken = self.table.broken(Token::Stdin(slot));
+                    if broken {
+                        process.stdin_broken();
+                    }
+                    if broken || process.flush_outbox().is_err() {
+                        self.core.stdin_closed(slot, Instant::now());
+                    }
                 }
             }
             if self.table.ready(Token::Stderr(slot)) {
@@ -375,12 +403,11 @@ impl Pool {
         self.table
             .set(Token::Children, Some(self.signals.children.as_fd()));
         self.table.set(Token::Input, input);
+        self.table.set(Token::Log, stderr_queue::pending_fd());
         for (slot, process) in self.processes.iter().enumerate() {
             let process = process.as_ref();
-            self.table.set(
-                Token::Stdin(slot),
-                process.and_then(WorkerProcess::stdin_pending),
-            );
+            let (stdin, pending) = process.map_or((None, false), WorkerProcess::stdin);
+            self.table.set_stdin(slot, stdin, pending);
             self.table
                 .set(Token::Stdout(slot), process.and_then(|p| p.stdout.fd()));
             self.table
@@ -393,14 +420,18 @@ impl Pool {
             return;
         };
         let outcome = process.stderr.fill();
-        while let Some(line) = process.stderr.next_line() {
-            (self.on_log)(slot, &String::from_utf8_lossy(&line));
-        }
-        if let ReadOutcome::LineTooLong = outcome {
-            (self.on_log)(
-                slot,
-                &format!("procpool: dropped a stderr line longer than {MAX_LINE} bytes"),
-            );
+        let mut lines = std::iter::from_fn(|| process.stderr.next_line()).peekable();
+        while let Some(line) = lines.next() {
+            // A cutting reader's cut line is the last one it has ready.
+            let cut = lines.peek().is_none() && matches!(outcome, ReadOutcome::LineTooLong);
+            let mut shown = excerpt(&line, LOG_LINE_MAX);
+            if cut {
+                shown.push_str(&format!(
+                    " [procpool: cut, the line went on past {}]",
+                    size_text(LOG_LINE_MAX)
+                ));
+            }
+            (self.on_log)(slot, &shown);
         }
     }
 
@@ -423,12 +454,9 @@ impl Pool {
                         .answered(slot, id, TaskOutcome::Error(message), now)
                 }
                 Err(err) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let shown: String = text.chars().take(200).collect();
-                    let more = if shown.len() < text.len() { "…" } else { "" };
                     (self.on_log)(
                         slot,
-                        &format!("procpool: warning: stdout line is {err}: {shown}{more}"),
+                        &format!("procpool: warning: stdout line is {err}: {}", quote(&line)),
                     );
                 }
             }
@@ -440,7 +468,10 @@ impl Pool {
                 (self.on_log)(
                     slot,
                     &format!(
-                        "procpool: a stdout line longer than {MAX_LINE} bytes; killing this worker"
+                        "procpool: a stdout line longer than the {} line bound; killing this \
+                         worker (a protocol line must end with a newline; the bound is \
+                         PoolConfig::max_line, --max-line)",
+                        size_text(self.max_line)
                     ),
                 );
                 self.core.kill(slot, KillReason::LineTooLong);
@@ -485,5 +516,15 @@ impl Pool {
             .flatten()
             .map(|process| process.pid.as_raw())
             .collect()
+    }
+}
+
+/// A byte count for a message: `256 MiB`, `64 KiB`, `1000 bytes`.
+pub fn size_text(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }

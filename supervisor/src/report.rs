@@ -149,7 +149,9 @@ pub enum KillReason {
     ReadyTimeout,
     /// The worker closed its stdout but kept running.
     StdoutClosed,
-    /// The worker wrote a stdout line longer than the 1 GiB limit.
+    /// The worker closed its stdin but kept running: it can be sent nothing.
+    StdinClosed,
+    /// The worker wrote a stdout line longer than [`PoolConfig::max_line`](crate::PoolConfig::max_line).
     LineTooLong,
     /// `--chaos` picked it.
     Chaos,
@@ -163,7 +165,8 @@ impl fmt::Display for KillReason {
             KillReason::TaskTimeout => "its task ran past the deadline",
             KillReason::ReadyTimeout => "it never sent ready",
             KillReason::StdoutClosed => "it closed its stdout but kept running",
-            KillReason::LineTooLong => "it wrote a stdout line over 1 GiB",
+            KillReason::StdinClosed => "it closed its stdin but kept running",
+            KillReason::LineTooLong => "it wrote a stdout line longer than the line bound",
             KillReason::Chaos => "chaos",
             KillReason::Shutdown => "shutdown",
         })
@@ -315,6 +318,8 @@ pub struct PoolReport {
     pub wall: Duration,
     /// CPU time of the supervisor process.
     pub supervisor_cpu: CpuTime,
+    /// The supervisor process's peak resident memory so far, in KiB (`VmHWM`).
+    pub supervisor_peak_rss_kib: u64,
     /// CPU time of all worker processes together.
     pub workers_cpu: CpuTime,
 }

@@ -11,8 +11,8 @@ use procpool_child::TaskId;
 use crate::book::Blame;
 use crate::report::{CpuTime, Crash, ExitStatus, KillReason};
 
-/// A worker that closed its stdout but still runs is killed after this long.
-pub(crate) const STDOUT_CLOSED_LINGER: Duration = Duration::from_secs(1);
+/// A worker that closed its stdout or stdin but still runs is killed after this long.
+pub(crate) const PIPE_CLOSED_LINGER: Duration = Duration::from_secs(1);
 
 /// A worker slot's state, as a status display shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +110,11 @@ impl Exit {
                 false => position == 0,
             })
             .collect();
+        if crash.killed_by_procpool == Some(KillReason::StdinClosed) {
+            // Its tasks' lines were dropped unwritten or it stopped reading: no task is
+            // to blame for a worker that closed its own stdin.
+            return vec![Blame::Bystander; self.held.len()];
+        }
         if crash.killed_by_procpool == Some(KillReason::TaskTimeout) {
             if let Some(oldest) = running.iter().position(|&is| is) {
                 running = (0..running.len()).map(|i| i == oldest).collect();
@@ -139,7 +144,8 @@ pub(crate) struct Slot {
     reports_started: bool,
     /// When the oldest in-flight task became the one the worker works on.
     busy_since: Instant,
-    stdout_closed_at: Option<Instant>,
+    /// When the worker closed its stdout or stdin (the first), and which.
+    pipe_closed: Option<(Instant, KillReason)>,
     tasks_this_process: u64,
     tasks_done: u64,
     restarts: u32,
@@ -163,7 +169,7 @@ impl Slot {
             in_flight: VecDeque::new(),
             reports_started: false,
             busy_since: now,
-            stdout_closed_at: None,
+            pipe_closed: None,
             tasks_this_process: 0,
             tasks_done: 0,
             restarts: 0,
@@ -181,7 +187,7 @@ impl Slot {
         self.pid = pid;
         self.started_at = now;
         self.reports_started = false;
-        self.stdout_closed_at = None;
+        self.pipe_closed = None;
         self.tasks_this_process = 0;
     }
 
@@ -303,9 +309,12 @@ impl Slot {
         (held, alive)
     }
 
-    pub(crate) fn stdout_closed(&mut self, now: Instant) {
+    /// The process closed a pipe while it may still run: `StdoutClosed` or
+    /// `StdinClosed`, the reason it is killed for if it is still there after
+    /// [`PIPE_CLOSED_LINGER`].
+    pub(crate) fn pipe_closed(&mut self, reason: KillReason, now: Instant) {
         if self.has_process() {
-            self.stdout_closed_at.get_or_insert(now);
+            self.pipe_closed.get_or_insert((now, reason));
         }
     }
 
@@ -324,10 +333,10 @@ impl Slot {
             }
             Life::Killed { .. } | Life::Down { .. } => None,
             _ if self
-                .stdout_closed_at
-                .is_some_and(|at| now >= at + STDOUT_CLOSED_LINGER) =>
+                .pipe_closed
+                .is_some_and(|(at, _)| now >= at + PIPE_CLOSED_LINGER) =>
             {
-                Some(KillReason::StdoutClosed)
+                self.pipe_closed.map(|(_, reason)| reason)
             }
             _ if !self.in_flight.is_empty()
                 && task_timeout.is_some_and(|timeout| now >= self.busy_since + timeout) =>
@@ -353,8 +362,8 @@ impl Slot {
             Life::Ready | Life::Retiring => None,
         };
         let mut consider = |at: Instant| due = Some(due.map_or(at, |due| due.min(at)));
-        if let Some(closed) = self.stdout_closed_at {
-            consider(closed + STDOUT_CLOSED_LINGER);
+        if let Some((closed, _)) = self.pipe_closed {
+            consider(closed + PIPE_CLOSED_LINGER);
         }
         if let (Some(timeout), false) = (task_timeout, self.in_flight.is_empty()) {
             consider(self.busy_since + timeout);
@@ -377,7 +386,7 @@ impl Slot {
         };
         self.last_exit = Some(status);
         self.cpu += cpu;
-        self.stdout_closed_at = None;
+        self.pipe_closed = None;
         self.life = Life::Down {
             restart_at: None,
             retired: false,
@@ -502,6 +511,33 @@ mod tests {
         slot.begin(7, now, now + Duration::from_secs(1));
         assert!(slot.ready());
         slot
+    }
+
+    #[test]
+    fn a_closed_stdin_is_killed_after_the_linger_and_charges_no_task() {
+        let now = Instant::now();
+        let mut slot = ready_slot(now);
+        slot.hand(1, false, now);
+        assert!(slot.started(1));
+        slot.pipe_closed(KillReason::StdinClosed, now);
+        slot.pipe_closed(KillReason::StdoutClosed, now);
+        let due = now + PIPE_CLOSED_LINGER;
+        assert_eq!(slot.next_deadline(None, None), Some(due));
+        assert_eq!(slot.overdue(now, None, None), None);
+        assert_eq!(
+            slot.overdue(due, None, None),
+            Some(KillReason::StdinClosed),
+            "the first pipe closed names the kill"
+        );
+        assert!(slot.kill(KillReason::StdinClosed));
+        let exit = slot.exited(ExitStatus::Exited(0), CpuTime::default(), due);
+        let crash = Crash {
+            slot: 0,
+            pid: 7,
+            status: ExitStatus::Exited(0),
+            killed_by_procpool: Some(KillReason::StdinClosed),
+        };
+        assert!(matches!(exit.blames(&crash)[..], [Blame::Bystander]));
     }
 
     #[test]

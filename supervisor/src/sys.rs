@@ -28,6 +28,13 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Asks for a pipe buffer of `bytes` (Linux rounds it to pages, and caps it at
+/// `/proc/sys/fs/pipe-max-size` for unprivileged processes); a refusal keeps the
+/// default 64 KiB, which only costs more wake-ups per long line.
+pub(crate) fn grow_pipe(fd: BorrowedFd<'_>, bytes: usize) {
+    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(bytes as libc::c_int));
+}
+
 /// `poll(2)` over `entries`, waiting at most `timeout` (forever if `None`). A signal
 /// that interrupts the wait is not an error: the caller looks at what is ready.
 pub(crate) fn poll(entries: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
@@ -463,6 +470,18 @@ pub(crate) fn own_cpu_time() -> CpuTime {
         },
         Err(_) => CpuTime::default(),
     }
+}
+
+/// This process's peak resident memory so far, in KiB: `VmHWM` of its own memory
+/// (not `ru_maxrss`, which keeps the peak of the process it was forked from across
+/// `exec`). 0 if `/proc` cannot say.
+pub(crate) fn own_peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn cpu_time(usage: &libc::rusage) -> CpuTime {

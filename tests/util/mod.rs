@@ -181,6 +181,31 @@ impl Procpool {
     }
 }
 
+impl Procpool {
+    /// Starts the run with its stderr on a pipe that nobody reads (the read end is
+    /// returned, to be read or dropped later); stdout is read as usual.
+    pub fn spawn_with_unread_stderr(mut self) -> (Running, std::os::fd::OwnedFd) {
+        let (read_end, write_end) = nix::unistd::pipe().expect("a pipe");
+        let mut child = self
+            .command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(write_end))
+            .spawn()
+            .expect("starting procpool");
+        let stdout = read_all(child.stdout.take().expect("piped"));
+        let running = Running {
+            description: format!("{:?}", self.command),
+            child,
+            stdout: Some(stdout),
+            stderr: None,
+            deadline: Instant::now() + self.timeout,
+            dir: self.dir,
+        };
+        (running, read_end)
+    }
+}
+
 fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();

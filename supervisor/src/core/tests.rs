@@ -391,7 +391,7 @@ impl Sim {
             self.advance(self.settings.grace);
         }
         assert!(!self.core.any_process(), "processes left after shutdown");
-        let report = self.core.report(Duration::ZERO, CpuTime::default());
+        let report = self.core.report(Duration::ZERO, CpuTime::default(), 0);
         let count = |fate: &str| self.ended.values().filter(|f| **f == fate).count() as u64;
         assert_eq!(report.tasks_total, self.put);
         assert_eq!(report.tasks_ok, count("ok"));
