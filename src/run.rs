@@ -111,6 +111,7 @@ fn pool_config(
     config.grace = args.grace;
     config.chaos = args.chaos;
     config.handle_interrupts = true;
+    config.adopt_orphans = true;
     Ok(config)
 }
 

@@ -106,6 +106,13 @@ pub struct PoolConfig {
     /// default, so a library user's own handling stands; [`Pool::interrupt`](crate::Pool::interrupt)
     /// does the same from code.
     pub handle_interrupts: bool,
+    /// Make this process a child subreaper (and each worker too), and kill what a
+    /// worker leaves behind when it dies: a daemon that left its process group with
+    /// `setsid()` included. A leftover is a child of this process that is not a worker
+    /// and is in a dead worker's process group or in a session of its own; turn this on
+    /// only when no such child of this process is its own (the procpool binary does).
+    /// One pool at a time per process.
+    pub adopt_orphans: bool,
 }
 
 impl PoolConfig {
@@ -127,6 +134,7 @@ impl PoolConfig {
             tick: None,
             on_log: Box::new(|slot, line| eprintln!("[w{slot}] {line}")),
             handle_interrupts: false,
+            adopt_orphans: false,
         }
     }
 }

@@ -163,8 +163,28 @@ impl Core {
         self.events.push_back(Event::WorkerStarted { slot, pid });
     }
 
-    pub(crate) fn spawn_failed(&mut self, slot: usize, error: String) {
-        self.abort(AbortReason::CannotRestart { slot, error });
+    /// A restart could not create its process (EAGAIN at a process limit, say). That
+    /// may pass: the slot is tried again after the backoff, each try spent from the
+    /// restart budget, while the other workers go on; past the budget the run stops.
+    pub(crate) fn spawn_failed(&mut self, slot: usize, error: String, now: Instant) {
+        let young_deaths = self.slots[slot].note_death(true);
+        if !self.running() {
+            return;
+        }
+        if !self.budget.allow(&self.settings.restart, now) {
+            self.abort(AbortReason::CannotRestart { slot, error });
+            return;
+        }
+        let entropy = self.random();
+        let delay = backoff(&self.settings.restart, young_deaths, entropy);
+        self.slots[slot].schedule(Some(now + delay), false);
+        self.log(
+            slot,
+            format!(
+                "procpool: cannot start worker {slot}: {error}; retrying in {} ms",
+                delay.as_millis()
+            ),
+        );
     }
 
     pub(crate) fn ready(&mut self, slot: usize) {
@@ -318,7 +338,12 @@ impl Core {
     fn send_tasks(&mut self, now: Instant) {
         let deadline_ms = self.settings.task_timeout.map(|t| t.as_millis() as u64);
         let max_tasks = self.settings.max_tasks_per_child;
-        for depth in 0..self.dispatch_depth() {
+        // No slot takes a task at a depth below the shallowest ready one: start there,
+        // so a turn with full workers costs one pass over the slots, not `prefetch`.
+        let Some(shallowest) = self.slots.iter().filter_map(Slot::ready_depth).min() else {
+            return;
+        };
+        for depth in shallowest..self.dispatch_depth() {
             for slot in &mut self.slots {
                 if !slot.takes_task(depth, max_tasks) {
                     continue;
@@ -537,7 +562,7 @@ impl Core {
 
     /// Neither interrupted, shutting down nor aborted: tasks are dispatched and lost
     /// ones retried.
-    fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         self.ending == Ending::Running && self.aborted.is_none()
     }
 

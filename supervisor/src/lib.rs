@@ -47,6 +47,7 @@ mod config;
 mod core;
 mod event;
 mod lines;
+mod orphans;
 mod poll;
 mod pool;
 mod queue;

@@ -12,8 +12,11 @@ pub struct LineReader {
     fd: Option<File>,
     /// The longest line kept; longer ones are dropped. `None`: no limit.
     max_line: Option<usize>,
-    /// Where each read lands before it is appended: allocated (and zeroed) once, not per read.
-    chunk: Box<[u8]>,
+    /// Where each read lands before it is appended: allocated (and zeroed) once, not
+    /// per read. It starts small and doubles while reads fill it, up to
+    /// [`MAX_CHUNK`]: a quiet stream of a thousand workers' then costs a page, which
+    /// keeps the supervisor small, and so each `fork` of it cheap.
+    chunk: Vec<u8>,
     buffer: Vec<u8>,
     /// Bytes at the front of `buffer` already handed out as lines.
     consumed: usize,
@@ -24,6 +27,9 @@ pub struct LineReader {
     /// Dropping the rest of a line that grew past `max_line`, up to its newline.
     discarding: bool,
 }
+
+const FIRST_CHUNK: usize = 4 * 1024;
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// What one [`LineReader::fill`] gave.
 #[derive(Debug)]
@@ -45,7 +51,7 @@ impl LineReader {
         LineReader {
             fd: Some(file),
             max_line,
-            chunk: vec![0; 64 * 1024].into_boxed_slice(),
+            chunk: vec![0; FIRST_CHUNK],
             buffer: Vec::new(),
             consumed: 0,
             scanned: 0,
@@ -108,6 +114,9 @@ impl LineReader {
                     }
                     if n < self.chunk.len() {
                         return ReadOutcome::Open;
+                    }
+                    if self.chunk.len() < MAX_CHUNK {
+                        self.chunk.resize(self.chunk.len() * 2, 0);
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

@@ -16,12 +16,17 @@ use crate::config::{LogSink, PoolConfig, WorkerStart};
 use crate::core::{Command, Core, Settings};
 use crate::event::{Event, PoolError, TaskOutcome};
 use crate::lines::ReadOutcome;
+use crate::orphans::Orphans;
 use crate::poll::{PollTable, Token};
 use crate::report::{KillReason, PoolReport};
 use crate::signals::SignalPipes;
 use crate::slot::WorkerStatus;
 use crate::sys::{self, WorkerFds};
 use crate::worker::{WorkerProcess, MAX_LINE};
+
+/// How long the last sweep for leftovers at shutdown may take: one stuck in the kernel
+/// is left rather than waited for without end.
+const LAST_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A pool of worker processes fed from a joinable queue.
 ///
@@ -53,6 +58,8 @@ pub struct Pool {
     arrays: BTreeMap<String, ArraySpec>,
     inherit_fds: Vec<Arc<OwnedFd>>,
     on_log: LogSink,
+    /// The guardian, and what workers leave behind.
+    orphans: Orphans,
     /// The caller's input was readable at the last wait.
     input_ready: bool,
     started: Instant,
@@ -79,6 +86,8 @@ impl Pool {
             processes: (0..config.procs).map(|_| None).collect(),
             table: PollTable::new(config.procs),
             signals: SignalPipes::register(config.handle_interrupts)?,
+            // Twice the slots: a group is held from its worker's start to its reaping.
+            orphans: Orphans::start(2 * config.procs + 16, config.adopt_orphans)?,
             start: config.start,
             arrays: config.arrays,
             inherit_fds: config.inherit_fds,
@@ -201,10 +210,12 @@ impl Pool {
         for slot in 0..self.processes.len() {
             if let Some(mut process) = self.processes[slot].take() {
                 if let Some((status, cpu)) = process.kill_and_reap() {
+                    self.orphans.worker_reaped(process.pid.as_raw());
                     self.core.exited(slot, status, cpu, Instant::now());
                 }
             }
         }
+        self.orphans.sweep_all(LAST_SWEEP);
         self.core.clear_events();
         self.core
             .report(self.started.elapsed(), sys::own_cpu_time())
@@ -215,11 +226,15 @@ impl Pool {
         while let Some(command) = self.core.poll_command() {
             if let Command::Spawn { slot } = command {
                 if let Err(err) = self.spawn(slot) {
-                    self.core.spawn_failed(slot, err.to_string());
+                    self.core
+                        .spawn_failed(slot, err.to_string(), Instant::now());
                 }
             } else {
                 self.carry_out(command);
             }
+        }
+        for process in self.processes.iter_mut().flatten() {
+            process.flush_outbox();
         }
     }
 
@@ -228,7 +243,7 @@ impl Pool {
         match command {
             Command::Send { slot, line } => {
                 if let Some(process) = &mut self.processes[slot] {
-                    process.send(&line);
+                    process.queue(&line);
                 }
             }
             Command::Stop { slot } => {
@@ -260,6 +275,7 @@ impl Pool {
             stdout: stdout_write.as_fd(),
             stderr: stderr_write.as_fd(),
             inherit: &inherit,
+            subreaper: self.orphans.adopting(),
         };
         let env = WorkerEnv {
             index: slot,
@@ -285,6 +301,7 @@ impl Pool {
             }
         };
         drop((stdin_read, stdout_write, stderr_write));
+        self.orphans.worker_started(pid.as_raw());
         self.processes[slot] = Some(WorkerProcess::new(
             pid,
             stdin_write,
@@ -339,6 +356,11 @@ impl Pool {
             if children || stdout_closed {
                 self.reap(slot);
             }
+        }
+        // Once the run ends, one sweep at the end of shutdown does for all.
+        if children && self.core.running() {
+            let workers = self.worker_pids();
+            self.orphans.sweep_if_due(&workers);
         }
         self.core.on_time(Instant::now());
         self.execute();
@@ -433,6 +455,7 @@ impl Pool {
         let Some((status, cpu)) = process.try_reap() else {
             return;
         };
+        let pid = process.pid.as_raw();
         // Everything the worker wrote before dying is in its pipes now: read it all.
         // A grandchild may hold the pipes open, so stop once a read leaves them open.
         loop {
@@ -452,6 +475,15 @@ impl Pool {
             }
         }
         self.processes[slot] = None;
+        self.orphans.worker_reaped(pid);
         self.core.exited(slot, status, cpu, Instant::now());
+    }
+
+    fn worker_pids(&self) -> Vec<i32> {
+        self.processes
+            .iter()
+            .flatten()
+            .map(|process| process.pid.as_raw())
+            .collect()
     }
 }

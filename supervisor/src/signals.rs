@@ -27,7 +27,7 @@ impl SignalPipes {
         let mut interrupts = None;
         if take_interrupts {
             let (reader, writer) = nonblocking_pair()?;
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            for sig in INTERRUPTS {
                 ids.push(signal_hook::low_level::pipe::register(
                     sig,
                     writer.try_clone()?,
@@ -74,6 +74,14 @@ fn nonblocking_pair() -> std::io::Result<(UnixStream, UnixStream)> {
     Ok((reader, writer))
 }
 
+/// What ends a run as the first Ctrl-C does: SIGINT, SIGTERM, and SIGHUP (the
+/// terminal was closed).
+const INTERRUPTS: [i32; 3] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+
 /// Pools alive in this process that take over SIGINT and SIGTERM.
 static RUNNING_POOLS: AtomicUsize = AtomicUsize::new(0);
 
@@ -84,7 +92,7 @@ fn default_when_idle() -> &'static AtomicBool {
     static IDLE: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     IDLE.get_or_init(|| {
         let idle = Arc::new(AtomicBool::new(true));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        for sig in INTERRUPTS {
             // Should this fail, the signal is ignored after the pool: no worse than
             // signal-hook alone.
             let _ = signal_hook::flag::register_conditional_default(sig, Arc::clone(&idle));

@@ -198,6 +198,11 @@ impl Slot {
         }
     }
 
+    /// How many tasks a ready worker holds; `None` when the slot takes no task.
+    pub(crate) fn ready_depth(&self) -> Option<usize> {
+        (self.life == Life::Ready).then_some(self.in_flight.len())
+    }
+
     /// Whether the slot takes a task now, as the `depth`-th it holds.
     pub(crate) fn takes_task(&self, depth: usize, max_tasks: Option<u64>) -> bool {
         if self.life != Life::Ready || self.in_flight.len() != depth {

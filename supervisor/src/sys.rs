@@ -4,7 +4,7 @@
 
 use std::io;
 use std::ops::RangeInclusive;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
@@ -62,10 +62,12 @@ pub(crate) struct WorkerFds<'a> {
     /// Descriptors (shared arrays, unnamed files) that stay open in the worker at the
     /// same number.
     pub inherit: &'a [RawFd],
+    /// The worker becomes a child subreaper, so its descendants stay below it.
+    pub subreaper: bool,
 }
 
-/// Starts `command` as a worker: own process group, SIGKILL when the supervisor dies,
-/// and `fds.inherit` left open across exec.
+/// Starts `command` as a worker (see [`become_worker`]), with `fds.inherit` left open
+/// across exec.
 pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::Result<Pid> {
     command
         .stdin(fds.stdin.try_clone_to_owned()?)
@@ -75,11 +77,12 @@ pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::R
     let inherit = fds.inherit.to_vec();
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed; `become_worker` makes only raw system calls
-    // (setpgid, prctl, getppid, fcntl, _exit) and allocates nothing (`inherit` was
+    // (setpgid, prctl, getppid, open, write, close, fcntl, _exit) and allocates nothing (`inherit` was
     // allocated before the fork and is only read).
+    let subreaper = fds.subreaper;
     unsafe {
         command.pre_exec(move || {
-            become_worker(supervisor, &inherit);
+            become_worker(supervisor, &inherit, subreaper);
             Ok(())
         });
     }
@@ -141,7 +144,7 @@ fn run_forked_worker(supervisor: Pid, fds: &WorkerFds<'_>, body: &dyn Fn() -> i3
         // supervisor's handlers would otherwise write into its self-pipe from here.
         let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
-    become_worker(supervisor, fds.inherit);
+    become_worker(supervisor, fds.inherit, fds.subreaper);
     // A panic must end this process here, never unwind into the supervisor's frames.
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
     let _ = io::Write::flush(&mut io::stdout());
@@ -154,28 +157,29 @@ fn close_inherited_descriptors(keep: &[RawFd]) {
     let mut keep: Vec<RawFd> = keep.to_vec();
     keep.sort_unstable();
     let mut first = 3;
-    for fd in keep.into_iter().chain([RawFd::MAX]) {
+    for fd in keep {
         if fd > first {
-            let last = if fd == RawFd::MAX {
-                u32::MAX
-            } else {
-                fd as u32 - 1
-            };
-            // SAFETY: close_range only closes descriptors; this process is the freshly
-            // forked worker and owns no Rust object over these numbers that it will use.
-            let closed = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
-            if closed != 0 {
-                // Kernels before 5.9 lack close_range: close the numbers one by one, up
-                // to the descriptor limit.
-                let limit =
-                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                        .map_or(1024, |(soft, _)| soft.min(1 << 20));
-                for number in first..=(last as u64).min(limit.saturating_sub(1)) as RawFd {
-                    let _ = nix::unistd::close(number);
-                }
-            }
+            close_range(first, fd - 1);
         }
         first = first.max(fd.saturating_add(1));
+    }
+    close_range(first, RawFd::MAX);
+}
+
+/// Closes descriptors `first..=last`. Async-signal-safe: allocates nothing.
+fn close_range(first: RawFd, last: RawFd) {
+    // SAFETY: close_range only closes descriptors; its callers are freshly forked
+    // processes that own no Rust object over these numbers that they will use.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
+    if closed != 0 {
+        // Kernels before 5.9 lack close_range: close the numbers one by one, up to the
+        // descriptor limit.
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft.min(1 << 20));
+        let last = (last as u64).min(limit.saturating_sub(1)) as RawFd;
+        for number in first..=last {
+            let _ = nix::unistd::close(number);
+        }
     }
 }
 
@@ -188,9 +192,11 @@ fn own_group(pid: Pid) {
 
 /// What every worker does before it runs anything: leave the supervisor's process
 /// group (so a terminal's Ctrl-C reaches the supervisor alone), ask for SIGKILL when
-/// the supervisor dies, and keep the shared-array descriptors across exec.
-/// Async-signal-safe: runs between fork and exec.
-fn become_worker(supervisor: Pid, inherit: &[RawFd]) {
+/// the supervisor dies, volunteer for the OOM killer (a worker's death the pool
+/// survives; the supervisor's it does not), become a child subreaper if asked, and keep
+/// the shared-array descriptors across exec. Async-signal-safe: runs between fork and
+/// exec.
+fn become_worker(supervisor: Pid, inherit: &[RawFd], subreaper: bool) {
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -199,10 +205,166 @@ fn become_worker(supervisor: Pid, inherit: &[RawFd]) {
         // SAFETY: `_exit` is async-signal-safe and never returns.
         unsafe { libc::_exit(1) };
     }
+    write_file(c"/proc/self/oom_score_adj", b"1000");
+    if subreaper {
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and touches no
+        // memory; the setting survives exec.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    }
     for &fd in inherit {
         // SAFETY: F_SETFD on a plain descriptor number only changes its close-on-exec flag.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     }
+}
+
+/// Writes `bytes` to the file at `path`, ignoring failure. Async-signal-safe.
+fn write_file(path: &std::ffi::CStr, bytes: &[u8]) {
+    // SAFETY: `path` is NUL-terminated and `bytes` is a live slice whose length is
+    // passed with it; open, write and close allocate nothing.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            libc::close(fd);
+        }
+    }
+}
+
+/// Makes this process a child subreaper: an orphan anywhere below it is re-parented to
+/// it instead of to init, so it can still be found and killed.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// This process's session id.
+pub(crate) fn own_session() -> i32 {
+    nix::unistd::getsid(None).map_or(0, Pid::as_raw)
+}
+
+/// Whether this process has any child at all, exited or not.
+pub(crate) fn has_children() -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a live siginfo_t; WNOWAIT|WNOHANG neither reaps nor waits.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    rc == 0 || Errno::last() != Errno::ECHILD
+}
+
+/// Reaps `pid` if it has exited; never waits.
+pub(crate) fn reap_if_exited(pid: Pid) {
+    let _ = wait4(pid, libc::WNOHANG);
+}
+
+/// Starts the pool's guardian (see `orphans.rs`): a grandchild that, once its parent
+/// has exited, is nobody's child of ours, in a session of its own (no terminal signal
+/// reaches it), working in `/`. It reads process groups from the pipe whose write end
+/// is returned and kills them all when the pipe reaches EOF, which is when the
+/// supervisor exits or dies. `capacity` bounds the groups it holds at once.
+pub(crate) fn start_guardian(capacity: usize) -> io::Result<(Pid, OwnedFd)> {
+    let (read, write) = pipe()?;
+    let (pid_read, pid_write) = pipe()?;
+    // Allocated before the fork: the guardian may not allocate (the process that
+    // forks it may have other threads, one of them holding the allocator's lock).
+    let mut groups: Vec<libc::pid_t> = vec![0; capacity.max(1)];
+    // SAFETY: the children run only async-signal-safe system calls on memory allocated
+    // before the fork (`groups`, the descriptors), then `_exit`; they never return.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((read, pid_write));
+            // The middle process exits as soon as it has forked the guardian.
+            let _ = wait4(child, 0);
+            let mut bytes = [0u8; 4];
+            let got = nix::unistd::read(&pid_read, &mut bytes)?;
+            let guardian = i32::from_ne_bytes(bytes);
+            if got != 4 || guardian <= 0 {
+                return Err(io::Error::other("the pool's guardian did not start"));
+            }
+            set_nonblocking(write.as_fd())?;
+            Ok((Pid::from_raw(guardian), write))
+        }
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: fork, write and _exit are async-signal-safe.
+            unsafe {
+                let guardian = libc::fork();
+                if guardian == 0 {
+                    guard(read.as_raw_fd(), &mut groups);
+                }
+                let bytes = guardian.to_ne_bytes();
+                libc::write(pid_write.as_raw_fd(), bytes.as_ptr().cast(), 4);
+                libc::_exit(0)
+            }
+        }
+    }
+}
+
+/// The guardian's life; see [`start_guardian`]. Async-signal-safe throughout.
+fn guard(pipe: RawFd, groups: &mut [libc::pid_t]) -> ! {
+    // SAFETY: plain system calls on descriptor numbers and NUL-terminated literals;
+    // this process owns no Rust object over any descriptor it closes or replaces.
+    let pipe = unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
+        libc::prctl(libc::PR_SET_NAME, c"procpool-guard".as_ptr());
+        for sig in [
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+        ] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        // Above stdio, so /dev/null can take 0-2 whatever number the pipe had.
+        let pipe = libc::fcntl(pipe, libc::F_DUPFD_CLOEXEC, 3);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        for stdio in 0..3 {
+            libc::dup2(null, stdio);
+        }
+        pipe
+    };
+    // Holding no other descriptor: no worker's pipe, no supervisor's socket.
+    close_range(3, pipe - 1);
+    close_range(pipe + 1, RawFd::MAX);
+    let mut held = 0;
+    let mut buffer = [0u8; 4096];
+    loop {
+        // SAFETY: `buffer` is a live local array whose length is passed with it.
+        let got = unsafe { libc::read(pipe, buffer.as_mut_ptr().cast(), buffer.len()) };
+        if got < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if got <= 0 {
+            break;
+        }
+        // Records are written whole (4 bytes, atomic on a pipe), so reads are too.
+        for record in buffer[..got as usize].chunks_exact(4) {
+            let group = i32::from_ne_bytes([record[0], record[1], record[2], record[3]]);
+            if group > 0 && held < groups.len() {
+                groups[held] = group;
+                held += 1;
+            } else if let Some(at) = groups[..held].iter().position(|&g| g == -group) {
+                held -= 1;
+                groups.swap(at, held);
+            }
+        }
+    }
+    for &group in &groups[..held] {
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+    // SAFETY: `_exit` is async-signal-safe and never returns.
+    unsafe { libc::_exit(0) }
 }
 
 fn thread_count() -> io::Result<usize> {
@@ -329,6 +491,7 @@ mod tests {
             stdout: null.as_fd(),
             stderr: null.as_fd(),
             inherit: &[],
+            subreaper: false,
         };
         let mut command = Command::new("sh");
         command.arg("-c").arg(format!("kill -{number} $$"));

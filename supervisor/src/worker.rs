@@ -42,10 +42,10 @@ impl WorkerProcess {
         }
     }
 
-    /// Queues bytes for the worker's stdin and writes what the pipe takes now.
-    pub(crate) fn send(&mut self, bytes: &[u8]) {
+    /// Queues bytes for the worker's stdin; [`flush_outbox`](Self::flush_outbox)
+    /// writes them, so that the lines of one turn go out in one write.
+    pub(crate) fn queue(&mut self, bytes: &[u8]) {
         self.outbox.extend_from_slice(bytes);
-        self.flush_outbox();
     }
 
     /// Writes queued bytes until the pipe is full. A worker that closed its stdin
@@ -70,10 +70,10 @@ impl WorkerProcess {
         }
     }
 
-    /// Sends the `stop` sentinel, then closes stdin once everything queued is written.
+    /// Queues the `stop` sentinel; stdin is closed once everything queued is written.
     pub(crate) fn stop(&mut self) {
         self.closing = true;
-        self.send(&encode_line(&ToWorker::Stop));
+        self.queue(&encode_line(&ToWorker::Stop));
     }
 
     /// The stdin descriptor while bytes wait to be written (to poll for writability).

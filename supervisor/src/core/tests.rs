@@ -81,6 +81,8 @@ struct Sim {
     interrupted: bool,
     /// New workers send `ready` as soon as they start.
     eager_ready: bool,
+    /// The next this many spawns fail (a process limit), as only restarts can.
+    failing_spawns: u32,
     events: Vec<Event>,
 }
 
@@ -100,6 +102,7 @@ impl Sim {
             restarts_without_answer: 0,
             interrupted: false,
             eager_ready: false,
+            failing_spawns: 0,
             events: Vec::new(),
         };
         sim.settle();
@@ -127,6 +130,20 @@ impl Sim {
 
     fn carry_out(&mut self, command: Command) {
         match command {
+            Command::Spawn { slot } if self.failing_spawns > 0 => {
+                self.failing_spawns -= 1;
+                assert!(self.processes[slot].is_none(), "spawn over a live process");
+                self.core.spawn_failed(slot, "EAGAIN".into(), self.now);
+                // A failed try spends the restart budget like a restart.
+                match self.core.aborted() {
+                    Some(AbortReason::CannotRestart { .. }) => assert_eq!(
+                        self.restarts_without_answer, self.settings.restart.intensity,
+                        "gave up before the budget was spent"
+                    ),
+                    _ if self.core.aborted().is_none() => self.restarts_without_answer += 1,
+                    _ => {}
+                }
+            }
             Command::Spawn { slot } => {
                 assert!(self.processes[slot].is_none(), "spawn over a live process");
                 self.next_pid += 1;
@@ -568,6 +585,46 @@ fn after_an_interrupt_running_tasks_finish_and_nothing_new_is_sent() {
 }
 
 #[test]
+fn a_restart_that_cannot_fork_is_retried_while_the_other_worker_goes_on() {
+    let mut sim = ready_pool(2);
+    let tasks: Vec<TaskId> = (0..6).map(|_| sim.put()).collect();
+    sim.failing_spawns = 2;
+    sim.die(0);
+    // Two tries fail; each waits out a longer backoff; the third starts a worker.
+    for _ in 0..3 {
+        assert!(sim.core.aborted().is_none());
+        assert!(sim.processes[0].is_none());
+        sim.advance(Duration::from_millis(100));
+    }
+    assert!(sim.processes[0].is_some(), "the slot was never restarted");
+    sim.ready(0);
+    for _ in 0..tasks.len() {
+        sim.answer(0, 0, true);
+        sim.answer(1, 0, true);
+    }
+    let report = sim.finish();
+    assert_eq!(report.end, RunEnd::Completed);
+    assert_eq!(report.tasks_ok, tasks.len() as u64);
+}
+
+#[test]
+fn a_restart_that_never_forks_gives_up_once_the_budget_is_spent() {
+    let mut sim = ready_pool(1);
+    sim.put();
+    sim.failing_spawns = u32::MAX;
+    sim.die(0);
+    for _ in 0..10 {
+        sim.advance(Duration::from_millis(100));
+    }
+    assert!(matches!(
+        sim.core.aborted(),
+        Some(AbortReason::CannotRestart { slot: 0, error }) if error == "EAGAIN"
+    ));
+    let report = sim.finish();
+    assert_eq!(report.tasks_not_run, 1);
+}
+
+#[test]
 fn a_task_past_its_timeout_kills_its_worker_and_is_charged() {
     let mut settings = settings(1);
     settings.task_timeout = Some(Duration::from_millis(100));
@@ -592,6 +649,8 @@ enum Step {
     Answer(usize, usize, bool),
     StrayAnswer(usize, u64),
     Die(usize),
+    /// The next spawns fail.
+    FailSpawns(u32),
     Advance(u64),
     Interrupt,
 }
@@ -608,6 +667,7 @@ fn step(procs: usize) -> impl Strategy<Value = Step> {
             .prop_map(|(s, k, ok)| Step::Answer(s, k, ok)),
         5 => (slot.clone(), 0..40u64).prop_map(|(s, id)| Step::StrayAnswer(s, id)),
         15 => slot.prop_map(Step::Die),
+        3 => (1..4u32).prop_map(Step::FailSpawns),
         20 => (0..400u64).prop_map(Step::Advance),
         1 => Just(Step::Interrupt),
     ]
@@ -656,6 +716,7 @@ proptest! {
                 Step::Answer(slot, pick, ok) => sim.answer(slot % procs, pick, ok),
                 Step::StrayAnswer(slot, id) => sim.stray_answer(slot % procs, id),
                 Step::Die(slot) => sim.die(slot % procs),
+                Step::FailSpawns(count) => sim.failing_spawns = count,
                 Step::Advance(ms) => sim.advance(Duration::from_millis(ms)),
                 Step::Interrupt => sim.interrupt(),
             }
