@@ -18,10 +18,10 @@ pub struct BenchArgs {
     pub workload: String,
     /// Pool sizes to measure; speedups are relative to the first.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8",
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
+          value_parser = crate::parse::whole::<u32>(1, 4096))]
     pub procs: Vec<u32>,
     /// Runs per pool size; the table shows medians.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, default_value_t = 3, value_parser = crate::parse::whole::<u32>(1, 100))]
     pub repeat: u32,
     /// Print the rows as JSON instead of a table.
     #[arg(long)]

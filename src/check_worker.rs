@@ -30,15 +30,16 @@ use serde_json::{json, Value};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Seconds to wait for `ready`, and for the answers to each batch of tasks.
-    #[arg(long, default_value = "10", value_parser = crate::parse::seconds)]
+    #[arg(long, default_value = "10", value_parser = crate::parse::positive_seconds)]
     pub timeout: Duration,
     /// Seconds the worker gets to exit after `stop` or EOF.
     #[arg(long, default_value = "5", value_parser = crate::parse::seconds)]
     pub grace: Duration,
     /// The worker command: one argument is split into words like a shell would (as
-    /// `--child` is); several are taken as the words themselves.
-    #[arg(required = true, num_args = 1.., trailing_var_arg = true,
-          allow_hyphen_values = true, value_name = "CMD")]
+    /// `--child` is); several are taken as the words themselves. Options of
+    /// check-worker may follow it; words that start with `-` go after `--`
+    /// (`procpool check-worker -- python3 -u w.py`).
+    #[arg(required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<String>,
 }
 

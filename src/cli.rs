@@ -42,6 +42,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The command line as `procpool` parses it: clap's, with negative numbers taken
+    /// as values, so `--procs -1` meets the option's own bound (`must be at least 1`)
+    /// instead of clap's "unexpected argument '-1'".
+    pub fn command_line() -> clap::Command {
+        numbers_may_be_negative(<Cli as clap::CommandFactory>::command())
+    }
+
+    /// Parses `args`, or says why not (a clap error, exit code 2).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command_line().try_get_matches_from(args)?;
+        Cli::from_arg_matches(&matches)
+    }
+}
+
+fn numbers_may_be_negative(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| match arg.get_action().takes_values() {
+            true => arg.allow_negative_numbers(true),
+            false => arg,
+        })
+        .mut_subcommands(numbers_may_be_negative)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a workload on a pool of worker processes.
@@ -141,7 +169,7 @@ pub enum StartMode {
 #[derive(Debug, clap::Args)]
 pub struct PoolArgs {
     /// Worker processes [default: the cores this process may use]
-    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, global = true, value_parser = parse::whole::<u32>(1, 4096))]
     pub procs: Option<u32>,
     /// How workers are started.
     #[arg(long, global = true, value_enum, default_value_t = StartMode::Spawn)]
@@ -152,27 +180,27 @@ pub struct PoolArgs {
     pub child: Option<String>,
     /// Tasks in flight per worker.
     #[arg(long, global = true, default_value_t = DEFAULT_PREFETCH as u32,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
+          value_parser = parse::whole::<u32>(1, 1024))]
     pub prefetch: u32,
     /// A task that was running in this many crashed workers is quarantined as failed.
     #[arg(long, global = true, default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
+          value_parser = parse::whole::<u32>(1, 1000))]
     pub max_attempts: u32,
     /// Restart intensity: at most this many worker restarts per --restart-period
     /// [default: 5 per worker, at least 10].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = parse::whole::<u32>(0, u32::MAX.into()))]
     pub max_restarts: Option<u32>,
     /// The window of --max-restarts, in seconds.
     #[arg(long, global = true, default_value = "10", value_parser = parse::seconds)]
     pub restart_period: Duration,
     /// Kill a worker whose task runs longer than this many seconds (counts as a crash).
-    #[arg(long, global = true, value_parser = parse::seconds)]
+    #[arg(long, global = true, value_parser = parse::positive_seconds)]
     pub task_timeout: Option<Duration>,
     /// Kill a worker that has not sent `ready` this many seconds after starting.
-    #[arg(long, global = true, default_value = "30", value_parser = parse::seconds)]
+    #[arg(long, global = true, default_value = "30", value_parser = parse::positive_seconds)]
     pub ready_timeout: Duration,
     /// Replace each worker after it has answered this many tasks.
-    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, value_parser = parse::whole::<u64>(1, u64::MAX))]
     pub max_tasks_per_child: Option<u64>,
     /// Seconds workers get to finish at shutdown or after Ctrl-C before being killed.
     #[arg(long, global = true, default_value = "5", value_parser = parse::seconds)]
@@ -204,16 +232,15 @@ pub fn max_line(matches: &ArgMatches) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
+        Cli::command_line().debug_assert();
     }
 
     #[test]
     fn pool_options_go_after_the_workload() {
-        let cli = Cli::try_parse_from([
+        let cli = Cli::try_parse_args([
             "procpool", "run", "primes", "--procs", "3", "--limit", "100",
         ])
         .unwrap();
@@ -228,7 +255,7 @@ mod tests {
     fn absurd_durations_are_usage_errors() {
         for grace in ["1e19", "-1", "NaN", "soon"] {
             let err =
-                Cli::try_parse_from(["procpool", "run", "noop", "--grace", grace]).unwrap_err();
+                Cli::try_parse_args(["procpool", "run", "noop", "--grace", grace]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{grace}");
         }
     }
@@ -252,7 +279,7 @@ mod tests {
 
     #[test]
     fn zero_procs_is_a_usage_error() {
-        let err = Cli::try_parse_from(["procpool", "run", "noop", "--procs", "0"]).unwrap_err();
+        let err = Cli::try_parse_args(["procpool", "run", "noop", "--procs", "0"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
     }
 }

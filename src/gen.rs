@@ -38,7 +38,7 @@ pub struct ArrayArgs {
     #[arg(long, default_value = "f8", value_parser = parse_dtype)]
     pub dtype: DType,
     /// Seed: the same seed gives the same values.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::parse::count)]
     pub seed: u64,
     /// Store column-major (Fortran order) instead of row-major (C order).
     #[arg(long)]

@@ -16,12 +16,10 @@ mod workloads;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|err| err.exit());
     let outcome = match cli.command {
         Command::Worker { workload } => {
             // clap took only names of the table, so the lookup finds it.

@@ -75,7 +75,7 @@ pub struct Args {
     pub gen_cols: u64,
     /// Sleep this long in each task after mapping the tile and before reading it
     /// (for tests that change the file mid-run).
-    #[arg(long, hide = true, default_value_t = 0)]
+    #[arg(long, hide = true, default_value_t = 0, value_parser = crate::parse::count)]
     pub task_delay_ms: u64,
 }
 

@@ -40,13 +40,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Mode::Segv)]
     pub mode: Mode,
     /// Every K-th task fails (tasks K, 2K, 3K, … counting from 1).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = crate::parse::whole::<u64>(1, u64::MAX))]
     pub every: u64,
     /// How many tasks.
     #[arg(long, default_value = "100", value_parser = crate::parse::count)]
     pub tasks: u64,
     /// Milliseconds of work (sleep) in every task, so kills land mid-task.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::parse::count)]
     pub task_ms: u64,
 }
 

@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub urls: Option<PathBuf>,
     /// Fetch at most this many pages, failed fetches included.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1000, value_parser = crate::parse::whole::<u64>(1, u64::MAX))]
     pub max_pages: u64,
     /// Give up on a request after this many seconds.
     #[arg(long, default_value = "10", value_parser = crate::parse::seconds)]
@@ -37,18 +37,18 @@ pub struct Args {
     #[arg(long)]
     pub any_host: bool,
     /// Demo site: milliseconds each response waits (simulated network latency).
-    #[arg(long, default_value_t = 50, conflicts_with = "urls")]
+    #[arg(long, default_value_t = 50, conflicts_with = "urls", value_parser = crate::parse::count)]
     pub delay_ms: u64,
     /// Demo site: number of pages.
     #[arg(long, default_value_t = 100, conflicts_with = "urls",
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = crate::parse::whole::<u32>(1, u32::MAX.into()))]
     pub site_pages: u32,
     /// Demo site: seed of its words and links.
-    #[arg(long, default_value_t = 1, conflicts_with = "urls")]
+    #[arg(long, default_value_t = 1, conflicts_with = "urls", value_parser = crate::parse::count)]
     pub site_seed: u64,
     /// Demo site: percent of links that point at missing pages (404s, failed tasks).
     #[arg(long, default_value_t = 0, conflicts_with = "urls",
-          value_parser = clap::value_parser!(u32).range(0..=100))]
+          value_parser = crate::parse::whole::<u32>(0, 100))]
     pub site_broken: u32,
 }
 

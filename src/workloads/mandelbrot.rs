@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use procpool_child::{TaskId, WorkerEnv};
 use procpool_shm::{Element, SharedArray};
 use procpool_supervisor::PoolReport;
@@ -19,16 +19,16 @@ use super::{SharedArrayUse, Summary, TypedHandler, Workload};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Image width in pixels.
-    #[arg(long, default_value_t = 1600)]
+    #[arg(long, default_value_t = 1600, value_parser = crate::parse::whole::<usize>(1, u64::MAX))]
     pub width: usize,
     /// Image height in pixels.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1200, value_parser = crate::parse::whole::<usize>(1, u64::MAX))]
     pub height: usize,
     /// Iterations before a point counts as inside the set.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::parse::whole::<u32>(1, u32::MAX.into()))]
     pub max_iter: u32,
     /// Rows per task.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::parse::whole::<usize>(1, u64::MAX))]
     pub rows: usize,
     /// Write the image as a PNG.
     #[arg(long)]
@@ -102,12 +102,6 @@ impl Workload for Mandelbrot {
     type Output = u64;
 
     fn plan(args: &Args, _procs: usize) -> Result<Mandelbrot> {
-        ensure!(
-            args.width > 0 && args.height > 0,
-            "--width and --height must be at least 1"
-        );
-        ensure!(args.rows > 0, "--rows must be at least 1");
-        ensure!(args.max_iter > 0, "--max-iter must be at least 1");
         Ok(Mandelbrot {
             view: View {
                 width: args.width,

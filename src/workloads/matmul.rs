@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use procpool_child::{TaskId, WorkerEnv};
 use procpool_shm::{matmul_rows, read_npy_f64, write_npy, Element, SharedArray};
 use procpool_supervisor::PoolReport;
@@ -22,11 +22,11 @@ use crate::splitmix::SplitMix64;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Size of the generated square matrices A and B (ignored with --a/--b).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::parse::whole::<usize>(1, u64::MAX))]
     pub n: usize,
     /// Rows of C per task [default: about 2 tasks per worker, 16 to 512 rows; bigger
     /// blocks keep the kernel busier, bench/BENCHMARKS.md has the measurement].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::whole::<usize>(1, u64::MAX))]
     pub block: Option<usize>,
     /// Read A from this .npy file (2-D; f8, f4, i8, i4 or u1; any byte order; C or Fortran order).
     #[arg(long, requires = "b")]
@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, requires = "a")]
     pub b: Option<PathBuf>,
     /// Seed of the generated A and B.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::parse::count)]
     pub seed: u64,
     /// Write C to this .npy file (f8, C order).
     #[arg(long)]
@@ -176,7 +176,6 @@ impl Workload for Matmul {
         let (a, b) = match (&args.a, &args.b) {
             (Some(a), Some(b)) => (load("a", a)?, load("b", b)?),
             _ => {
-                ensure!(args.n > 0, "--n must be at least 1");
                 let n = args.n;
                 (
                     generated("a", n, n, args.seed)?,
@@ -192,7 +191,6 @@ impl Workload for Matmul {
         );
         let c = SharedArray::create("c", f64::DTYPE, &[m, n])?;
         let block = match args.block {
-            Some(0) => bail!("--block must be at least 1 row"),
             Some(block) => block,
             None => (m / (procs * 2)).clamp(16, 512),
         };

@@ -25,13 +25,13 @@ use crate::splitmix::SplitMix64;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Cells per side of each maze.
-    #[arg(long, default_value_t = 301, value_parser = clap::value_parser!(u32).range(2..=20_000))]
+    #[arg(long, default_value_t = 301, value_parser = crate::parse::whole::<u32>(2, 20_000))]
     pub size: u32,
     /// How many mazes (one per task); ignored with --big.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::parse::whole::<u32>(0, u32::MAX.into()))]
     pub mazes: u32,
     /// Seed of the first maze; maze i uses seed + i.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::parse::count)]
     pub seed: u64,
     /// Fraction of the remaining inner walls knocked down after carving, so there
     /// are loops and the shortest path is not the only one.
