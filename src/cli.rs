@@ -83,6 +83,9 @@ pub enum Command {
     /// Check that a worker command speaks protocol v1: ready, several tasks in flight
     /// answered exactly once each, exit 0 on stop and on EOF. Prints a checklist.
     CheckWorker(crate::check_worker::Args),
+    /// A private supervisor for one client (the Python package): requests on stdin,
+    /// task ends and worker events on stdout, JSON lines (child/PROTOCOL.md).
+    Serve(Box<crate::serve::ServeArgs>),
     /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
     #[command(hide = true)]
     Worker {

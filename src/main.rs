@@ -7,6 +7,7 @@ mod gen;
 mod parse;
 mod registry;
 mod run;
+mod serve;
 mod site;
 mod source;
 mod splitmix;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Command::Gen(args) => gen::run(args).map(|_| ExitCode::SUCCESS),
         Command::Run(args) => run::run(*args),
+        Command::Serve(args) => serve::serve(*args),
     };
     let code = outcome.unwrap_or_else(failure);
     // What is still queued for stderr, unless nobody reads it.

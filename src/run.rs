@@ -29,10 +29,7 @@ pub struct UsageError(pub String);
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let procs = match args.pool.procs {
-        Some(procs) => procs as usize,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let procs = procs(&args.pool);
     let workload = args.workload.registration;
     if let (WorkerSide::ChildOnly { usage }, None) = (&workload.worker, &args.pool.child) {
         return Err(UsageError(usage.to_string()).into());
@@ -68,7 +65,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(outcome.exit_code()))
 }
 
-fn pool_config(
+/// The pool size `--procs` asks for: by default the cores this process may use.
+pub(crate) fn procs(args: &PoolArgs) -> usize {
+    match args.procs {
+        Some(procs) => procs as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+pub(crate) fn pool_config(
     args: &PoolArgs,
     procs: usize,
     workload: &'static Registration,

@@ -196,7 +196,7 @@ impl Tasks {
 /// there, so a read after the poll can never wait (the shell's description is left as
 /// it is); a regular file, whose reads never wait, is read through a duplicate that
 /// keeps its offset, as is anything that cannot be opened again (a socket).
-fn open_stdin() -> io::Result<File> {
+pub(crate) fn open_stdin() -> io::Result<File> {
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
     if stdin.metadata()?.is_file() {
         return Ok(stdin);

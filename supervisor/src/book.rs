@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use procpool_child::TaskId;
 use serde_json::Value;
 
+use crate::config::TaskOptions;
 use crate::event::{Charge, Event, LostTask, TaskOutcome};
 use crate::queue::JoinableQueue;
 use crate::report::{quarantine_message, Crash, TaskFailure};
@@ -36,6 +38,8 @@ struct TaskRecord {
     crashes: Vec<Crash>,
     /// A suspect of an ambiguous death: it runs with no other task beside it.
     alone: bool,
+    /// Its own deadline and attempt limit, where they differ from the pool's.
+    options: TaskOptions,
 }
 
 /// A task handed to a worker.
@@ -45,6 +49,8 @@ pub(crate) struct Dispatch<'a> {
     pub input: &'a Value,
     /// No other task may run beside it on its worker.
     pub alone: bool,
+    /// Its own deadline, if it has one; otherwise the pool's applies.
+    pub timeout: Option<Duration>,
 }
 
 /// What a worker's death says about one task it held.
@@ -81,7 +87,7 @@ impl TaskBook {
         }
     }
 
-    pub(crate) fn put(&mut self, input: impl Into<Arc<Value>>) -> TaskId {
+    pub(crate) fn put(&mut self, input: impl Into<Arc<Value>>, options: TaskOptions) -> TaskId {
         let input = input.into();
         let id = self.queue.put();
         self.records.insert(
@@ -93,6 +99,7 @@ impl TaskBook {
                 chaos_kills: 0,
                 crashes: Vec::new(),
                 alone: false,
+                options,
             },
         );
         id
@@ -120,6 +127,7 @@ impl TaskBook {
             attempt: task.sends,
             input: &task.input,
             alone: task.alone,
+            timeout: task.options.timeout,
         })
     }
 
@@ -188,7 +196,7 @@ impl TaskBook {
             attempt: task.sends,
             charge,
         };
-        if task.charged < self.max_attempts {
+        if task.charged < task.options.max_attempts.unwrap_or(self.max_attempts) {
             self.queue.retry(id);
             return (lost, None);
         }
@@ -218,6 +226,16 @@ impl TaskBook {
         }
     }
 
+    /// Ends task `id` as not run if it still waits for a worker; a task already handed
+    /// to one (or ended) runs on, and `false` says so.
+    pub(crate) fn cancel(&mut self, id: TaskId) -> bool {
+        let waiting = self.queue.remove_waiting(id);
+        if waiting {
+            self.abandon(id);
+        }
+        waiting
+    }
+
     /// Ends every waiting task as not run (interrupt, abort, shutdown).
     pub(crate) fn abandon_waiting(&mut self) {
         for id in self.queue.drain_waiting() {
@@ -228,9 +246,9 @@ impl TaskBook {
     /// A task that survived `max_attempts` chaos kills is spared more, so that chaos
     /// faster than the tasks cannot stall a run.
     pub(crate) fn spared_by_chaos(&self, id: TaskId) -> bool {
-        self.records
-            .get(&id)
-            .is_some_and(|task| task.chaos_kills >= self.max_attempts)
+        self.records.get(&id).is_some_and(|task| {
+            task.chaos_kills >= task.options.max_attempts.unwrap_or(self.max_attempts)
+        })
     }
 
     /// Whether `id` was ever put (to tell a late answer from an invented one).
@@ -290,7 +308,7 @@ mod tests {
     #[test]
     fn an_answer_ends_the_task_once() {
         let mut book = TaskBook::new(3);
-        let id = book.put(json!(1));
+        let id = book.put(json!(1), TaskOptions::default());
         assert_eq!(send(&mut book), (id, 1));
         let event = book.answered(id, 0, TaskOutcome::Output(json!(2)));
         assert!(matches!(event, Event::Task { attempts: 1, .. }));
@@ -301,7 +319,7 @@ mod tests {
     #[test]
     fn only_counted_deaths_quarantine() {
         let mut book = TaskBook::new(2);
-        let id = book.put(json!(null));
+        let id = book.put(json!(null), TaskOptions::default());
         let crash = crash();
         for blame in [
             Blame::Bystander,
@@ -334,8 +352,8 @@ mod tests {
     #[test]
     fn a_suspect_runs_alone_from_then_on() {
         let mut book = TaskBook::new(3);
-        let suspect = book.put(json!(1));
-        book.put(json!(2));
+        let suspect = book.put(json!(1), TaskOptions::default());
+        book.put(json!(2), TaskOptions::default());
         assert_eq!(book.next_runs_alone(), Some(false));
         send(&mut book);
         book.lost(suspect, 0, Blame::Suspect(&crash()));
@@ -348,7 +366,7 @@ mod tests {
     #[test]
     fn chaos_spares_a_task_after_max_attempts_kills() {
         let mut book = TaskBook::new(2);
-        let id = book.put(json!(null));
+        let id = book.put(json!(null), TaskOptions::default());
         let crash = crash();
         for _ in 0..2 {
             assert!(!book.spared_by_chaos(id));
@@ -361,9 +379,9 @@ mod tests {
     #[test]
     fn abandoned_tasks_are_not_run_and_joined() {
         let mut book = TaskBook::new(3);
-        let sent = book.put(json!(1));
-        book.put(json!(2));
-        book.put(json!(3));
+        let sent = book.put(json!(1), TaskOptions::default());
+        book.put(json!(2), TaskOptions::default());
+        book.put(json!(3), TaskOptions::default());
         send(&mut book);
         book.abandon_waiting();
         assert_eq!(book.unfinished(), 1);
@@ -372,5 +390,42 @@ mod tests {
         assert!(book.is_joined());
         assert_eq!(book.counts().not_run, 3);
         assert_eq!(book.total(), 3);
+    }
+
+    #[test]
+    fn a_cancelled_task_is_not_run_and_a_sent_one_cannot_be_cancelled() {
+        let mut book = TaskBook::new(3);
+        let sent = book.put(json!(1), TaskOptions::default());
+        let waiting = book.put(json!(2), TaskOptions::default());
+        send(&mut book);
+        assert!(!book.cancel(sent));
+        assert!(book.cancel(waiting));
+        assert!(!book.cancel(waiting), "ended once");
+        assert_eq!(book.unfinished(), 1);
+        assert_eq!(book.counts().not_run, 1);
+        assert!(book.take().is_none());
+    }
+
+    #[test]
+    fn a_task_of_its_own_attempt_limit_is_quarantined_at_it() {
+        let mut book = TaskBook::new(3);
+        let once = TaskOptions {
+            max_attempts: Some(1),
+            ..TaskOptions::default()
+        };
+        let id = book.put(json!(1), once);
+        send(&mut book);
+        let (_, event) = book.lost(id, 0, Blame::Culprit(&crash()));
+        assert!(
+            matches!(
+                event,
+                Some(Event::Task {
+                    outcome: TaskOutcome::Failed(_),
+                    ..
+                })
+            ),
+            "one death ends a task allowed one attempt"
+        );
+        assert_eq!(book.counts().failed, 1);
     }
 }

@@ -64,6 +64,17 @@ fn shell_quote(words: &[&OsString]) -> String {
 /// with the worker's slot.
 pub type LogSink = Box<dyn FnMut(usize, &str)>;
 
+/// What one task may have of its own, overriding the pool's
+/// [`task_timeout`](PoolConfig::task_timeout) and [`max_attempts`](PoolConfig::max_attempts)
+/// (a client that wants a timed-out task not retried gives it one attempt).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// How long it may run once its worker starts on it.
+    pub timeout: Option<Duration>,
+    /// Worker deaths charged to it before it is quarantined; at least 1.
+    pub max_attempts: Option<u32>,
+}
+
 /// Everything that shapes a pool. Build with [`PoolConfig::new`] and adjust fields.
 pub struct PoolConfig {
     /// Number of worker processes.

@@ -16,7 +16,7 @@ use procpool_child::TaskId;
 use serde_json::Value;
 
 use crate::book::TaskBook;
-use crate::config::{PoolConfig, QUEUED_WORK_TARGET};
+use crate::config::{PoolConfig, TaskOptions, QUEUED_WORK_TARGET};
 use crate::event::{AbortReason, Event, TaskOutcome};
 use crate::report::{CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd};
 use crate::restart::{backoff, RestartBudget, RestartPolicy};
@@ -151,12 +151,17 @@ impl Core {
     }
 
     /// Adds a task; a task put after an interrupt or an abort is not run.
-    pub(crate) fn put(&mut self, input: impl Into<Arc<Value>>) -> TaskId {
-        let id = self.book.put(input);
+    pub(crate) fn put(&mut self, input: impl Into<Arc<Value>>, options: TaskOptions) -> TaskId {
+        let id = self.book.put(input, options);
         if !self.running() {
             self.book.abandon_waiting();
         }
         id
+    }
+
+    /// Ends task `id` as not run if no worker has it yet; see [`TaskBook::cancel`].
+    pub(crate) fn cancel(&mut self, id: TaskId) -> bool {
+        self.book.cancel(id)
     }
 
     pub(crate) fn spawned(&mut self, slot: usize, pid: i32, now: Instant) {
@@ -344,7 +349,6 @@ impl Core {
     }
 
     fn send_tasks(&mut self, now: Instant) {
-        let deadline_ms = self.settings.task_timeout.map(|t| t.as_millis() as u64);
         let max_tasks = self.settings.max_tasks_per_child;
         // No slot takes a task at a depth below the shallowest ready one: start there,
         // so a turn with full workers costs one pass over the slots, not `prefetch`.
@@ -363,9 +367,11 @@ impl Core {
                     Some(_) => {}
                 }
                 let task = self.book.take().expect("a task waits");
+                let timeout = task.timeout.or(self.settings.task_timeout);
+                let deadline_ms = timeout.map(|timeout| timeout.as_millis() as u64);
                 let line =
                     procpool_child::encode_task(task.id, task.attempt, task.input, deadline_ms);
-                slot.hand(task.id, task.alone, now);
+                slot.hand(task.id, task.alone, timeout, now);
                 self.commands.push_back(Command::Send {
                     slot: slot.index(),
                     line,
@@ -389,9 +395,7 @@ impl Core {
     pub(crate) fn on_time(&mut self, now: Instant) {
         let own_grace = self.own_grace();
         for index in 0..self.slots.len() {
-            if let Some(reason) =
-                self.slots[index].overdue(now, self.settings.task_timeout, own_grace)
-            {
+            if let Some(reason) = self.slots[index].overdue(now, own_grace) {
                 self.kill(index, reason);
             }
             if self.slots[index].restart_due(now) {
@@ -450,7 +454,7 @@ impl Core {
         let slots = self
             .slots
             .iter()
-            .filter_map(|slot| slot.next_deadline(self.settings.task_timeout, own_grace));
+            .filter_map(|slot| slot.next_deadline(own_grace));
         let ending = match self.ending {
             Ending::Running => [None, None],
             Ending::Draining { deadline } => [(deadline > now).then_some(deadline), None],

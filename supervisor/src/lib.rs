@@ -61,7 +61,8 @@ mod sys;
 mod worker;
 
 pub use config::{
-    LogSink, PoolConfig, WorkerStart, DEFAULT_MAX_LINE, DEFAULT_PREFETCH, QUEUED_WORK_TARGET,
+    LogSink, PoolConfig, TaskOptions, WorkerStart, DEFAULT_MAX_LINE, DEFAULT_PREFETCH,
+    QUEUED_WORK_TARGET,
 };
 pub use event::{AbortReason, Charge, Event, LostTask, PoolError, TaskOutcome};
 pub use lines::{LineReader, ReadOutcome};

@@ -13,7 +13,7 @@ use procpool_child::{decode_line, ArraySpec, FromWorker, TaskId, WorkerEnv};
 use procpool_shm::untrusted::{excerpt, quote};
 use serde_json::Value;
 
-use crate::config::{LogSink, PoolConfig, WorkerStart};
+use crate::config::{LogSink, PoolConfig, TaskOptions, WorkerStart};
 use crate::core::{Command, Core, Settings};
 use crate::event::{Event, PoolError, TaskOutcome};
 use crate::lines::ReadOutcome;
@@ -117,7 +117,19 @@ impl Pool {
     /// the input until the task ends (to send it again after a crash): a caller that
     /// keeps it too can share it, as an `Arc`, rather than hold a second copy.
     pub fn put(&mut self, input: impl Into<Arc<Value>>) -> TaskId {
-        self.core.put(input)
+        self.core.put(input, TaskOptions::default())
+    }
+
+    /// [`put`](Pool::put) with the task's own timeout or attempt limit.
+    pub fn put_with(&mut self, input: impl Into<Arc<Value>>, options: TaskOptions) -> TaskId {
+        self.core.put(input, options)
+    }
+
+    /// Withdraws task `id` if it still waits for a worker: it ends at once, counted as
+    /// not run, with no [`Event::Task`]. `false` when a worker already has it (it runs
+    /// on and ends as usual) or it has ended.
+    pub fn cancel(&mut self, id: TaskId) -> bool {
+        self.core.cancel(id)
     }
 
     /// Runs the event loop until something happens. `None` means the queue is joined

@@ -41,6 +41,16 @@ impl JoinableQueue {
         self.waiting.pop_front()
     }
 
+    /// Takes task `id` out of the queue if it is still waiting there (not handed to a
+    /// worker); the caller marks it done. O(waiting), for the rare cancel.
+    pub fn remove_waiting(&mut self, id: TaskId) -> bool {
+        let Some(at) = self.waiting.iter().position(|&waiting| waiting == id) else {
+            return false;
+        };
+        self.waiting.remove(at);
+        true
+    }
+
     /// Marks one task finished.
     pub fn task_done(&mut self) {
         self.unfinished = self
@@ -105,5 +115,17 @@ mod tests {
         assert_eq!(queue.take(), Some(first));
         assert_eq!(queue.take(), Some(second));
         assert_eq!(queue.unfinished(), 2);
+    }
+
+    #[test]
+    fn only_a_waiting_task_can_be_removed() {
+        let mut queue = JoinableQueue::default();
+        let taken = queue.put();
+        let waiting = queue.put();
+        assert_eq!(queue.take(), Some(taken));
+        assert!(!queue.remove_waiting(taken));
+        assert!(queue.remove_waiting(waiting));
+        assert!(!queue.remove_waiting(waiting));
+        assert_eq!(queue.take(), None);
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct Held {
     pub started: bool,
     /// No other task may be sent beside it.
     pub alone: bool,
+    /// How long it may run once it is the oldest in flight; `None`: no deadline.
+    pub timeout: Option<Duration>,
 }
 
 /// What `answered` found.
@@ -223,7 +225,13 @@ impl Slot {
         max_tasks.is_none_or(|max| promised < max)
     }
 
-    pub(crate) fn hand(&mut self, id: TaskId, alone: bool, now: Instant) {
+    pub(crate) fn hand(
+        &mut self,
+        id: TaskId,
+        alone: bool,
+        timeout: Option<Duration>,
+        now: Instant,
+    ) {
         if self.in_flight.is_empty() {
             self.busy_since = now;
         }
@@ -231,6 +239,7 @@ impl Slot {
             id,
             started: false,
             alone,
+            timeout,
         });
     }
 
@@ -320,12 +329,7 @@ impl Slot {
 
     /// Why the process must be killed at `now`, if a deadline passed. `own_grace` is
     /// the grace a stopping worker gets before a kill, when shutdown does not handle it.
-    pub(crate) fn overdue(
-        &self,
-        now: Instant,
-        task_timeout: Option<Duration>,
-        own_grace: Option<Duration>,
-    ) -> Option<KillReason> {
+    pub(crate) fn overdue(&self, now: Instant, own_grace: Option<Duration>) -> Option<KillReason> {
         match self.life {
             Life::Starting { ready_by } if now >= ready_by => Some(KillReason::ReadyTimeout),
             Life::Stopping { since } if own_grace.is_some_and(|grace| now >= since + grace) => {
@@ -338,9 +342,7 @@ impl Slot {
             {
                 self.pipe_closed.map(|(_, reason)| reason)
             }
-            _ if !self.in_flight.is_empty()
-                && task_timeout.is_some_and(|timeout| now >= self.busy_since + timeout) =>
-            {
+            _ if self.task_deadline().is_some_and(|deadline| now >= deadline) => {
                 Some(KillReason::TaskTimeout)
             }
             _ => None,
@@ -349,11 +351,7 @@ impl Slot {
 
     /// The nearest instant at which `overdue` or a restart may come due. A killed
     /// process has nothing due: its death arrives by itself.
-    pub(crate) fn next_deadline(
-        &self,
-        task_timeout: Option<Duration>,
-        own_grace: Option<Duration>,
-    ) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self, own_grace: Option<Duration>) -> Option<Instant> {
         let mut due = match self.life {
             Life::Down { restart_at, .. } => return restart_at,
             Life::Killed { .. } => return None,
@@ -365,10 +363,17 @@ impl Slot {
         if let Some((closed, _)) = self.pipe_closed {
             consider(closed + PIPE_CLOSED_LINGER);
         }
-        if let (Some(timeout), false) = (task_timeout, self.in_flight.is_empty()) {
-            consider(self.busy_since + timeout);
+        if let Some(deadline) = self.task_deadline() {
+            consider(deadline);
         }
         due
+    }
+
+    /// When the oldest task in flight runs past its timeout: each answer restarts the
+    /// clock for the next one.
+    fn task_deadline(&self) -> Option<Instant> {
+        let timeout = self.in_flight.front()?.timeout?;
+        Some(self.busy_since + timeout)
     }
 
     /// The process was reaped; the slot is down, not yet scheduled to restart.
@@ -517,15 +522,15 @@ mod tests {
     fn a_closed_stdin_is_killed_after_the_linger_and_charges_no_task() {
         let now = Instant::now();
         let mut slot = ready_slot(now);
-        slot.hand(1, false, now);
+        slot.hand(1, false, None, now);
         assert!(slot.started(1));
         slot.pipe_closed(KillReason::StdinClosed, now);
         slot.pipe_closed(KillReason::StdoutClosed, now);
         let due = now + PIPE_CLOSED_LINGER;
-        assert_eq!(slot.next_deadline(None, None), Some(due));
-        assert_eq!(slot.overdue(now, None, None), None);
+        assert_eq!(slot.next_deadline(None), Some(due));
+        assert_eq!(slot.overdue(now, None), None);
         assert_eq!(
-            slot.overdue(due, None, None),
+            slot.overdue(due, None),
             Some(KillReason::StdinClosed),
             "the first pipe closed names the kill"
         );
@@ -545,16 +550,13 @@ mod tests {
         let now = Instant::now();
         let mut slot = Slot::new(0, now);
         slot.begin(7, now, now + Duration::from_secs(1));
-        assert_eq!(slot.overdue(now, None, None), None);
+        assert_eq!(slot.overdue(now, None), None);
         let later = now + Duration::from_secs(1);
-        assert_eq!(
-            slot.overdue(later, None, None),
-            Some(KillReason::ReadyTimeout)
-        );
-        assert_eq!(slot.next_deadline(None, None), Some(later));
+        assert_eq!(slot.overdue(later, None), Some(KillReason::ReadyTimeout));
+        assert_eq!(slot.next_deadline(None), Some(later));
         assert!(slot.kill(KillReason::ReadyTimeout));
         assert!(!slot.kill(KillReason::Chaos), "the first reason stands");
-        assert_eq!(slot.next_deadline(None, None), None);
+        assert_eq!(slot.next_deadline(None), None);
         let exit = slot.exited(ExitStatus::Exited(0), CpuTime::default(), later);
         assert!(!exit.planned && !exit.was_ready);
         assert_eq!(exit.kill_reason, Some(KillReason::ReadyTimeout));
@@ -565,9 +567,9 @@ mod tests {
         let now = Instant::now();
         let mut slot = ready_slot(now);
         assert!(slot.takes_task(0, Some(2)));
-        slot.hand(1, false, now);
+        slot.hand(1, false, None, now);
         assert!(slot.takes_task(1, Some(2)));
-        slot.hand(2, false, now);
+        slot.hand(2, false, None, now);
         assert!(!slot.takes_task(2, Some(2)), "no task past the promise");
         assert!(!slot.answered(1, now, Some(2)).unwrap().stop);
         assert!(slot.answered(9, now, Some(2)).is_none());
@@ -586,7 +588,7 @@ mod tests {
     fn a_task_run_alone_keeps_others_off_its_worker() {
         let now = Instant::now();
         let mut slot = ready_slot(now);
-        slot.hand(1, true, now);
+        slot.hand(1, true, None, now);
         assert!(!slot.takes_task(1, None));
         assert!(slot.started(1));
         assert!(!slot.started(2));
@@ -602,16 +604,41 @@ mod tests {
     fn a_killed_stopping_worker_still_ends_as_planned() {
         let now = Instant::now();
         let mut slot = ready_slot(now);
-        slot.hand(1, false, now);
+        slot.hand(1, false, None, now);
         let (held, alive) = slot.stop(now);
         assert_eq!((held, alive), (vec![1], true));
         let grace = Some(Duration::from_secs(5));
         assert_eq!(
-            slot.overdue(now + Duration::from_secs(5), None, grace),
+            slot.overdue(now + Duration::from_secs(5), grace),
             Some(KillReason::Shutdown)
         );
         assert!(slot.kill(KillReason::Shutdown));
         let exit = slot.exited(ExitStatus::Exited(0), CpuTime::default(), now);
         assert!(exit.planned);
+    }
+
+    #[test]
+    fn the_oldest_task_in_flight_sets_the_deadline_and_an_answer_restarts_the_clock() {
+        let now = Instant::now();
+        let mut slot = ready_slot(now);
+        slot.hand(1, false, Some(Duration::from_secs(10)), now);
+        slot.hand(2, false, Some(Duration::from_secs(1)), now);
+        slot.hand(3, false, None, now);
+        assert_eq!(
+            slot.next_deadline(None),
+            Some(now + Duration::from_secs(10))
+        );
+        let answer_at = now + Duration::from_secs(4);
+        assert!(slot.answered(1, answer_at, None).is_some());
+        assert_eq!(
+            slot.next_deadline(None),
+            Some(answer_at + Duration::from_secs(1))
+        );
+        assert_eq!(
+            slot.overdue(answer_at + Duration::from_secs(1), None),
+            Some(KillReason::TaskTimeout)
+        );
+        assert!(slot.answered(2, answer_at, None).is_some());
+        assert_eq!(slot.next_deadline(None), None, "task 3 has no deadline");
     }
 }

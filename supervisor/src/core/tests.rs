@@ -288,7 +288,11 @@ impl Sim {
     }
 
     fn put(&mut self) -> TaskId {
-        let id = self.core.put(json!(self.put));
+        self.put_with(TaskOptions::default())
+    }
+
+    fn put_with(&mut self, options: TaskOptions) -> TaskId {
+        let id = self.core.put(json!(self.put), options);
         assert_eq!(id, self.put);
         self.put += 1;
         self.settle();
@@ -638,6 +642,27 @@ fn a_task_past_its_timeout_kills_its_worker_and_is_charged() {
     sim.advance(Duration::from_millis(100));
     assert_eq!(lost(&sim), [(slow, Charge::Counted { count: 1 })]);
     sim.finish();
+}
+
+#[test]
+fn a_task_of_its_own_timeout_and_one_attempt_fails_at_its_first_timeout() {
+    let mut sim = ready_pool(1);
+    let own = TaskOptions {
+        timeout: Some(Duration::from_millis(50)),
+        max_attempts: Some(1),
+    };
+    let slow = sim.put_with(own);
+    let untimed = sim.put();
+    assert_eq!(
+        sim.core.next_deadline(sim.now),
+        Some(sim.now + Duration::from_millis(50)),
+        "the pool has no timeout; the task has its own"
+    );
+    sim.advance(Duration::from_millis(50));
+    assert_eq!(lost(&sim)[0], (slow, Charge::Counted { count: 1 }));
+    assert_eq!(sim.ended.get(&slow).copied(), Some("failed"));
+    assert_ne!(sim.ended.get(&untimed).copied(), Some("failed"));
+    assert_eq!(sim.finish().tasks_failed, 1, "only the timed task failed");
 }
 
 /// Something that can happen to a pool.
