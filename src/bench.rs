@@ -8,6 +8,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::stdout::outln;
+
 /// Options of `procpool bench`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -62,7 +64,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let rows = tabulate(&samples);
     if args.json {
-        println!("{}", serde_json::to_string(&rows)?);
+        outln!("{}", serde_json::to_string(&rows)?);
     } else {
         print_table(&args.workload, &rows);
     }
@@ -70,7 +72,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         std::fs::write(path, svg_chart(&args.workload, &rows))
             .with_context(|| format!("writing {}", path.display()))?;
         if !args.json {
-            println!("chart written to {}", path.display());
+            outln!("chart written to {}", path.display());
         }
     }
     Ok(())
@@ -154,13 +156,13 @@ pub fn tabulate(samples: &[(u32, Vec<[f64; 3]>)]) -> Vec<Row> {
 
 fn print_table(workload: &str, rows: &[Row]) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
+    outln!(
         "{workload} on {cores} cores (medians of {} runs)",
         rows.first().map_or(0, |r| r.runs)
     );
-    println!("procs    wall_s    user_s     sys_s   speedup  efficiency");
+    outln!("procs    wall_s    user_s     sys_s   speedup  efficiency");
     for row in rows {
-        println!(
+        outln!(
             "{:>5} {:>9.3} {:>9.3} {:>9.3} {:>8.2}x {:>10.0}%",
             row.procs,
             row.wall_s,

@@ -26,6 +26,8 @@ use procpool_child::{
 use procpool_supervisor::{explain_start_error, ExitStatus};
 use serde_json::{json, Value};
 
+use crate::stdout::outln;
+
 /// Options of `procpool check-worker`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -67,11 +69,11 @@ pub fn main(args: &Args) -> ExitCode {
         },
         many => many.to_vec(),
     };
-    println!("procpool check-worker: {}", shell_words::join(&words));
+    outln!("procpool check-worker: {}", shell_words::join(&words));
     let mut list = Checklist::default();
     run_checks(&words, args, &mut list);
     let failed = list.required_failed();
-    println!(
+    outln!(
         "{} of {} required checks passed{}",
         list.required - failed,
         list.required,
@@ -207,11 +209,10 @@ struct Checklist {
 impl Checklist {
     fn line(&self, mark: &str, name: &str, detail: &str) {
         if detail.is_empty() {
-            println!("  [{mark}] {name}");
+            outln!("  [{mark}] {name}");
         } else {
-            println!("  [{mark}] {name}: {detail}");
+            outln!("  [{mark}] {name}: {detail}");
         }
-        let _ = std::io::stdout().flush();
     }
 
     fn pass(&mut self, name: &str, detail: String) {

@@ -12,6 +12,7 @@ mod site;
 mod source;
 mod splitmix;
 mod status;
+mod stdout;
 mod worker;
 mod workloads;
 
@@ -44,8 +45,12 @@ fn main() -> ExitCode {
 const STDERR_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Prints why a command failed and picks its exit code: 2 for a usage mistake (like
-/// clap's own), 1 for a run that could not proceed.
+/// clap's own), 1 for a run that could not proceed, 141 (quietly) for a reader of
+/// the output that went away.
 fn failure(err: anyhow::Error) -> ExitCode {
+    if stdout::failed_on_closed_pipe(&err) {
+        return ExitCode::from(stdout::EXIT_CLOSED_STDOUT);
+    }
     procpool_supervisor::stderr_queue::write(&format!("procpool: error: {err:#}\n"));
     let usage = err.downcast_ref::<run::UsageError>().is_some();
     ExitCode::from(if usage { 2 } else { 1 })

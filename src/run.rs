@@ -403,10 +403,7 @@ fn print_outcome(
             procs,
         )
     };
-    match written {
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        result => Ok(result?),
-    }
+    written.context("writing the summary")
 }
 
 fn write_outcome(

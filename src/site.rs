@@ -19,6 +19,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 
 use crate::splitmix::SplitMix64;
+use crate::stdout::outln;
 
 /// Options of the hidden `procpool serve-site`.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,7 +55,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         broken: args.broken,
     };
     if args.describe {
-        println!("{}", site.describe());
+        outln!("{}", site.describe());
         return Ok(());
     }
     let server = tiny_http::Server::http("127.0.0.1:0")

@@ -229,3 +229,24 @@ fn a_hostile_npy_header_is_quoted_and_cut_in_the_error() {
         output.stderr.len()
     );
 }
+
+#[test]
+fn a_report_on_a_closed_stdout_exits_141_like_a_shell_tool() {
+    let examples = util::manifest_dir().join("examples/python/worker.py");
+    let worker = format!("python3 {}", examples.display());
+    for args in [
+        vec!["run", "noop", "--tasks", "10"],
+        vec!["run", "noop", "--tasks", "10", "--json"],
+        vec!["check-worker", worker.as_str()],
+    ] {
+        let (reader, writer) = nix::unistd::pipe().expect("a pipe");
+        drop(reader);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_procpool"))
+            .args(&args)
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("running procpool");
+        assert_eq!(status.code(), Some(141), "{args:?}: {status}");
+    }
+}
