@@ -189,3 +189,53 @@ fn crawl_word_counts_that_overflow_are_rejected() {
         "{message}"
     );
 }
+
+/// What a strict JSON decoder refuses but a worker easily writes: each still names its
+/// task, which ends with an error saying what was wrong instead of waiting for ever.
+#[test]
+fn an_answer_json_refuses_ends_its_task_with_an_error_that_says_why() {
+    let raw = r#"i = m["id"]
+kind = m["input"]
+deep = "[" * 10000 + "0" + "]" * 10000
+lines = {
+    "nan": '{"type": "result", "id": %d, "output": [1.5, NaN]}' % i,
+    "infinity": '{"type": "result", "id": %d, "output": -Infinity}' % i,
+    "deep": '{"type": "result", "id": %d, "output": %s}' % (i, deep),
+    "string id": '{"type": "result", "id": "%d", "output": 1}' % i,
+    "no message": '{"type": "error", "id": %d}' % i,
+    "glued": 'progress{"type": "result", "id": %d, "output": 1}' % i,
+    "fine": '{"type": "result", "id": %d, "output": 1}' % i,
+}
+sys.stdout.write(lines[kind] + "\n")
+sys.stdout.flush()"#;
+    let input =
+        "\"nan\"\n\"infinity\"\n\"deep\"\n\"string id\"\n\"no message\"\n\"glued\"\n\"fine\"\n";
+    let output = Procpool::tasks(&protocol_worker(raw), input, &["--procs", "1", "--ordered"])
+        .timeout(std::time::Duration::from_secs(30))
+        .run(1);
+    let lines = util::result_lines(&output.stdout);
+    assert_eq!(lines.len(), 7, "every task ends\n{output}");
+    let error = |index: usize| {
+        lines[index]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let expected = [
+        (0, "NaN, which is not JSON"),
+        (1, "-Infinity, which is not JSON"),
+        (2, "nested deeper than 128 levels"),
+        (3, "echo the task's id 3 as sent"),
+        (4, "needs a `message`"),
+        (5, "8 bytes of other output came before it"),
+    ];
+    for (index, says) in expected {
+        assert!(
+            error(index).contains(says),
+            "task {index}: {:?}\n{output}",
+            lines[index]
+        );
+        assert!(error(index).contains("malformed"), "{:?}", lines[index]);
+    }
+    assert_eq!(lines[6]["output"], json!(1));
+}

@@ -91,6 +91,18 @@ fn lines_that_are_not_json_are_strings_and_blank_lines_are_skipped() {
 }
 
 #[test]
+fn the_sdk_refuses_nan_and_infinity_as_the_tasks_error() {
+    let worker = sdk_worker("def handle(x):\n    return float(x)\n");
+    let output = Procpool::tasks(&worker, "\"nan\"\n\"inf\"\n2\n", &["--ordered"]).run(1);
+    let lines = result_lines(&output.stdout);
+    for line in &lines[..2] {
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(error.contains("not JSON compliant"), "{line}\n{output}");
+    }
+    assert_eq!(lines[2]["output"], json!(2.0));
+}
+
+#[test]
 fn a_task_error_is_an_error_line_and_the_run_exits_1() {
     let worker = sdk_worker(
         "def handle(x):\n    if x < 0:\n        raise ValueError('negative: %d' % x)\n    return x * 10\n",

@@ -20,6 +20,7 @@
 mod env;
 mod protocol;
 mod serve;
+mod stdout_line;
 
 pub use env::{ArraySpec, EnvError, WorkerEnv, ENV_ARRAYS, ENV_PROCS, ENV_PROTOCOL, ENV_WORKER};
 pub use protocol::{
@@ -27,3 +28,4 @@ pub use protocol::{
     PROTOCOL_VERSION,
 };
 pub use serve::{serve, serve_on};
+pub use stdout_line::{decode_stdout_line, StdoutLine, MAX_DEPTH};

@@ -149,10 +149,24 @@ impl TryFrom<WorkerLine> for FromWorker {
 }
 
 /// A line that could not be read as a protocol message.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("not a protocol v1 message ({reason})")]
 pub struct ParseError {
     reason: String,
+    /// Where in the line the decoder stopped, 1-based; 0 when it cannot say.
+    column: usize,
+}
+
+impl ParseError {
+    /// What the decoder said.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The 1-based column of the line where the decoder stopped, if it knows.
+    pub fn column(&self) -> Option<usize> {
+        (self.column > 0).then_some(self.column)
+    }
 }
 
 /// Encodes a message as one line, `\n` included.
@@ -190,6 +204,7 @@ pub fn decode_line<M: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<M, Parse
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     serde_json::from_slice(line).map_err(|err| ParseError {
         reason: err.to_string(),
+        column: err.column(),
     })
 }
 

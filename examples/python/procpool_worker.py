@@ -85,7 +85,9 @@ def _answer(handler, message):
     task_id = message.get("id")
     try:
         output = handler(message.get("input"))
-        return json.dumps({"type": "result", "id": task_id, "output": output})
+        # Strict JSON: NaN and Infinity are no JSON values, and the task ends with this
+        # error rather than with a line the supervisor cannot read.
+        return json.dumps({"type": "result", "id": task_id, "output": output}, allow_nan=False)
     except Exception as exc:  # the task failed; the worker goes on
         text = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
         return json.dumps({"type": "error", "id": task_id, "message": text})

@@ -9,7 +9,7 @@ use std::process::Command as ProcessCommand;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procpool_child::{decode_line, ArraySpec, FromWorker, TaskId, WorkerEnv};
+use procpool_child::{decode_stdout_line, ArraySpec, FromWorker, StdoutLine, TaskId, WorkerEnv};
 use procpool_shm::untrusted::{excerpt, quote};
 use serde_json::Value;
 
@@ -454,23 +454,41 @@ impl Pool {
         let outcome = process.stdout.fill();
         let now = Instant::now();
         while let Some(line) = process.stdout.next_line() {
-            match decode_line::<FromWorker>(&line) {
-                Ok(FromWorker::Ready) => self.core.ready(slot),
-                Ok(FromWorker::Started { id }) => self.core.started(slot, id),
-                Ok(FromWorker::Result { id, output }) => {
+            match decode_stdout_line(&line) {
+                StdoutLine::Message(FromWorker::Ready) => self.core.ready(slot),
+                StdoutLine::Message(FromWorker::Started { id }) => self.core.started(slot, id),
+                StdoutLine::Message(FromWorker::Result { id, output }) => {
                     self.core
                         .answered(slot, id, TaskOutcome::Output(output), now)
                 }
-                Ok(FromWorker::Error { id, message }) => {
+                StdoutLine::Message(FromWorker::Error { id, message }) => {
                     self.core
                         .answered(slot, id, TaskOutcome::Error(message), now)
                 }
-                Err(err) => {
-                    (self.on_log)(
-                        slot,
-                        &format!("procpool: warning: stdout line is {err}: {}", quote(&line)),
-                    );
+                // An answer the strict decoder refuses (NaN, nesting too deep, an `id`
+                // of the wrong type) still names its task: that task ends with an
+                // error saying what was wrong, rather than waiting for ever.
+                StdoutLine::Malformed {
+                    kind: kind @ ("result" | "error"),
+                    id: Some(id),
+                    problem,
+                } => {
+                    let message =
+                        format!("the worker's `{kind}` for this task is malformed: {problem}");
+                    self.core
+                        .answered(slot, id, TaskOutcome::Error(message), now)
                 }
+                StdoutLine::Malformed { kind, problem, .. } => (self.on_log)(
+                    slot,
+                    &format!(
+                        "procpool: warning: ignored a malformed `{kind}` line ({problem}): {}",
+                        quote(&line)
+                    ),
+                ),
+                StdoutLine::NotProtocol(err) => (self.on_log)(
+                    slot,
+                    &format!("procpool: warning: stdout line is {err}: {}", quote(&line)),
+                ),
             }
         }
         match outcome {
