@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use procpool_child::{
     decode_line, encode_line, encode_task, FromWorker, TaskId, ToWorker, WorkerEnv,
 };
-use procpool_supervisor::{explain_start_error, ExitStatus};
+use procpool_supervisor::{explain_start_error, ExitStatus, READY_HINT};
 use serde_json::{json, Value};
 
 use crate::stdout::outln;
@@ -389,7 +389,7 @@ impl Worker {
         while !self.ready {
             if !self.read_one(deadline) {
                 return Err(if self.stdout_open {
-                    format!("no ready within {timeout:?}")
+                    format!("no ready within {timeout:?}; {READY_HINT}")
                 } else {
                     format!("closed its stdout before ready ({})", self.exit_text())
                 });

@@ -443,7 +443,7 @@ fn write_outcome(
     }
     writeln!(
         out,
-        "tasks: {} ok, {} error, {} failed, {} not run ({} retries, {} restarts{}) on {} workers ({})",
+        "tasks: {} ok, {} error, {} failed, {} not run ({} retries, {} restarts{}) on {} ({})",
         report.tasks_ok,
         report.tasks_error,
         report.tasks_failed,
@@ -455,7 +455,10 @@ fn write_outcome(
         } else {
             String::new()
         },
-        procs,
+        match procs {
+            1 => "1 worker".to_string(),
+            many => format!("{many} workers"),
+        },
         format!("{:?}", args.start).to_lowercase(),
     )?;
     let wall = report.wall.as_secs_f64();

@@ -238,4 +238,5 @@ sys.stdout.flush()"#;
         assert!(error(index).contains("malformed"), "{:?}", lines[index]);
     }
     assert_eq!(lines[6]["output"], json!(1));
+    assert!(output.stderr.contains("on 1 worker (spawn)"), "{output}");
 }

@@ -114,6 +114,22 @@ fn a_concurrent_worker_that_sends_started_passes() {
 }
 
 #[test]
+fn a_worker_whose_ready_sits_in_its_buffer_gets_the_flush_hint() {
+    // print() to a pipe is block-buffered in Python: `ready` never leaves the process.
+    let worker = "import sys, time\nprint('{\"type\": \"ready\"}')\ntime.sleep(30)\n";
+    let output = Procpool::new(["check-worker", "--timeout", "1", "python3 w.py"])
+        .write("w.py", worker)
+        .env_remove("PYTHONUNBUFFERED")
+        .run(1);
+    assert!(
+        output
+            .stdout
+            .contains("no ready within 1s; is the worker flushing stdout"),
+        "{output}"
+    );
+}
+
+#[test]
 fn a_started_that_breaks_the_protocol_fails_the_check() {
     // Each worker answers every task, with one kind of bad `started` beside it.
     let cases = [

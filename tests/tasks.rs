@@ -222,6 +222,11 @@ fn tasks_without_child_is_a_usage_error() {
     let output =
         Procpool::new(["run", "tasks", "--child", "true", "--input", "missing.txt"]).run(2);
     assert!(output.stderr.contains("missing.txt"), "{output}");
+    let output = Procpool::new(["run", "tasks", "--child", "true", "--input", "."]).run(2);
+    assert!(
+        output.stderr.contains("--input . is a directory"),
+        "{output}"
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use procpool_child::TaskId;
 use procpool_supervisor::{LineReader, PoolReport, ReadOutcome, TaskOutcome};
 use serde::Serialize;
@@ -106,8 +106,15 @@ impl Tasks {
         let input = if args.input == "-" {
             open_stdin().context("reading stdin")?
         } else {
-            File::open(&args.input)
-                .with_context(|| format!("--input {}: cannot open it", args.input))?
+            let file = File::open(&args.input)
+                .with_context(|| format!("--input {}: cannot open it", args.input))?;
+            if file.metadata().is_ok_and(|meta| meta.is_dir()) {
+                bail!(
+                    "--input {} is a directory; give a file of JSON lines",
+                    args.input
+                );
+            }
+            file
         };
         let input = LineReader::new(input, Some(max_line));
         let to_stdout = args.output == "-";

@@ -81,7 +81,8 @@ impl fmt::Display for AbortReason {
             ),
             AbortReason::DeadOnArrival { last, deaths } => write!(
                 f,
-                "workers die before sending `ready` ({last}, {deaths} times in a row)"
+                "workers die before sending `ready` ({last}, {deaths} times in a row); \
+                 {READY_HINT}"
             ),
             AbortReason::CannotRestart { slot, error } => {
                 write!(f, "cannot restart worker {slot}: {error}")
@@ -89,6 +90,11 @@ impl fmt::Display for AbortReason {
         }
     }
 }
+
+/// What most often keeps a worker from `ready`: its stdout is block-buffered (Python
+/// without `flush=True` when stdout is a pipe), so the line never leaves the process.
+pub const READY_HINT: &str = "is the worker flushing stdout after each message? \
+    (Python: print(..., flush=True) or PYTHONUNBUFFERED=1)";
 
 /// As its sentence, so that a JSON report reads like the error line.
 impl Serialize for AbortReason {

@@ -64,7 +64,7 @@ pub use config::{
     LogSink, PoolConfig, TaskOptions, WorkerStart, DEFAULT_MAX_LINE, DEFAULT_PREFETCH,
     QUEUED_WORK_TARGET,
 };
-pub use event::{AbortReason, Charge, Event, LostTask, PoolError, TaskOutcome};
+pub use event::{AbortReason, Charge, Event, LostTask, PoolError, TaskOutcome, READY_HINT};
 pub use lines::{LineReader, ReadOutcome};
 pub use pool::{size_text, Pool};
 pub use queue::JoinableQueue;

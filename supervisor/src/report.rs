@@ -188,8 +188,8 @@ pub struct Crash {
 }
 
 impl Crash {
-    /// A SIGKILL that procpool did not send: on Linux usually the OOM killer.
-    pub fn likely_oom(&self) -> bool {
+    /// A SIGKILL that procpool did not send: another process's, or the OOM killer's.
+    pub fn sigkilled_from_outside(&self) -> bool {
         self.killed_by_procpool.is_none() && self.status.killed_by(Signal::SIGKILL)
     }
 }
@@ -199,8 +199,11 @@ impl fmt::Display for Crash {
         write!(f, "worker {} (pid {}) {}", self.slot, self.pid, self.status)?;
         if let Some(reason) = self.killed_by_procpool {
             write!(f, " (sent by procpool: {reason})")?;
-        } else if self.likely_oom() {
-            write!(f, " (not sent by procpool: likely the OOM killer)")?;
+        } else if self.sigkilled_from_outside() {
+            write!(
+                f,
+                " (not sent by procpool: another process or the OOM killer)"
+            )?;
         }
         Ok(())
     }
@@ -437,7 +440,7 @@ mod tests {
         );
         assert_eq!(
             text(signaled(Signal::SIGKILL, false), None),
-            "worker 1 (pid 4242) killed by SIGKILL (not sent by procpool: likely the OOM killer)"
+            "worker 1 (pid 4242) killed by SIGKILL (not sent by procpool: another process or the OOM killer)"
         );
         assert_eq!(
             text(signaled(Signal::SIGKILL, false), Some(KillReason::Chaos)),
@@ -451,10 +454,13 @@ mod tests {
 
     #[test]
     fn only_an_unsent_sigkill_looks_like_the_oom_killer() {
-        assert!(crash(signaled(Signal::SIGKILL, false), None).likely_oom());
-        assert!(!crash(signaled(Signal::SIGKILL, false), Some(KillReason::Shutdown)).likely_oom());
-        assert!(!crash(signaled(Signal::SIGTERM, false), None).likely_oom());
-        assert!(!crash(ExitStatus::Exited(137), None).likely_oom());
+        assert!(crash(signaled(Signal::SIGKILL, false), None).sigkilled_from_outside());
+        assert!(
+            !crash(signaled(Signal::SIGKILL, false), Some(KillReason::Shutdown))
+                .sigkilled_from_outside()
+        );
+        assert!(!crash(signaled(Signal::SIGTERM, false), None).sigkilled_from_outside());
+        assert!(!crash(ExitStatus::Exited(137), None).sigkilled_from_outside());
     }
 
     #[test]
