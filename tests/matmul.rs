@@ -405,3 +405,37 @@ fn the_kernel_rate_comes_from_the_workers_own_timings() {
     );
     assert!(report["result"]["kernel_s"].is_null(), "{report}");
 }
+
+#[test]
+fn an_out_path_that_cannot_be_written_is_refused_before_any_work() {
+    for (args, says) in [
+        (
+            vec!["run", "matmul", "--n", "64", "--out", "no/such/dir/c.npy"],
+            "--out no/such/dir/c.npy: cannot create a file in no/such/dir",
+        ),
+        (
+            vec![
+                "run",
+                "mandelbrot",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--out",
+                ".",
+            ],
+            "--out . is a directory",
+        ),
+        (
+            vec!["run", "colmeans", "--out", "no/such/dir/means.npy"],
+            "cannot create a file in no/such/dir",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let out = procpool(dir.path(), &args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}\n{stderr}");
+        assert!(stderr.contains(says), "{args:?}\n{stderr}");
+        assert!(!stderr.contains("tasks:"), "no pool was started\n{stderr}");
+    }
+}

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 
 use super::{Summary, TypedHandler, Workload};
 use crate::gen::{self, ArrayArgs};
+use crate::out_file::OutFile;
 
 /// Options of `procpool run colmeans`.
 #[derive(Debug, Clone, clap::Args)]
@@ -261,7 +262,8 @@ pub struct Colmeans {
     peak_rss_kib: u64,
     failed_tiles: u64,
     args: Args,
-    /// The dataset made for a run without --file, and how long that took.
+    /// `--out`, claimed before any tile is read.
+    out: Option<OutFile>,
     /// The dataset made without --file: its descriptor (shared with the pool, which
     /// passes it on to workers) and how long making it took.
     generated: Option<(Arc<OwnedFd>, Duration)>,
@@ -341,6 +343,7 @@ impl Workload for Colmeans {
     type Output = Output;
 
     fn plan(args: &Args, procs: usize) -> Result<Colmeans> {
+        let out = args.out.as_deref().map(OutFile::claim).transpose()?;
         let generated = match &args.file {
             Some(_) => None,
             None => Some(generate(args)?),
@@ -367,6 +370,7 @@ impl Workload for Colmeans {
             peak_rss_kib: 0,
             failed_tiles: 0,
             args: args.clone(),
+            out,
             generated,
         })
     }
@@ -452,7 +456,7 @@ impl Workload for Colmeans {
         Some(self.tiles.len() as u64)
     }
 
-    fn summary(self, report: &PoolReport) -> Result<Summary> {
+    fn summary(mut self, report: &PoolReport) -> Result<Summary> {
         let source = &self.source;
         if self.failed_tiles > 0 || self.counted.iter().any(|&n| n != source.rows as u64) {
             return Ok(Summary::new(
@@ -480,9 +484,10 @@ impl Workload for Colmeans {
             }
             verify_s = json!(started.elapsed().as_secs_f64());
         }
-        if let Some(path) = &self.args.out {
-            write_npy(path, &[means.len()], &means)
-                .with_context(|| format!("writing the means to {}", path.display()))?;
+        if let Some(out) = self.out.take() {
+            write_npy(out.temp_path(), &[means.len()], &means)
+                .context("writing the means for --out")?;
+            out.commit()?;
         }
         let shown: Vec<String> = means.iter().take(4).map(|m| format!("{m:.6}")).collect();
         let mut headline = format!(

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{SharedArrayUse, Summary, TypedHandler, Workload};
+use crate::out_file::OutFile;
 
 /// Options of `procpool run mandelbrot`.
 #[derive(Debug, Clone, clap::Args)]
@@ -90,7 +91,9 @@ pub struct Mandelbrot {
     next_row: usize,
     checksum: u64,
     image: SharedArray,
-    out: Option<PathBuf>,
+    /// `--out`, claimed before the image is made.
+    out: Option<OutFile>,
+    out_path: Option<PathBuf>,
 }
 
 impl Workload for Mandelbrot {
@@ -102,6 +105,7 @@ impl Workload for Mandelbrot {
     type Output = u64;
 
     fn plan(args: &Args, _procs: usize) -> Result<Mandelbrot> {
+        let out = args.out.as_deref().map(OutFile::claim).transpose()?;
         Ok(Mandelbrot {
             view: View {
                 width: args.width,
@@ -112,7 +116,8 @@ impl Workload for Mandelbrot {
             next_row: 0,
             checksum: 0,
             image: SharedArray::create("image", i32::DTYPE, &[args.height, args.width])?,
-            out: args.out.clone(),
+            out,
+            out_path: args.out.clone(),
         })
     }
 
@@ -153,7 +158,7 @@ impl Workload for Mandelbrot {
         vec![SharedArrayUse::writable("image", &self.image)]
     }
 
-    fn summary(self, _report: &PoolReport) -> Result<Summary> {
+    fn summary(mut self, _report: &PoolReport) -> Result<Summary> {
         let View {
             width,
             height,
@@ -163,14 +168,15 @@ impl Workload for Mandelbrot {
             "{width}x{height} pixels, max {max_iter} iterations, checksum {}",
             self.checksum
         );
-        if let Some(path) = &self.out {
-            write_png(path, &self.view, &self.image.to_vec::<i32>()?)?;
+        if let (Some(out), Some(path)) = (self.out.take(), &self.out_path) {
+            write_png(out.temp_path(), &self.view, &self.image.to_vec::<i32>()?)?;
+            out.commit()?;
             headline.push_str(&format!("; image written to {}", path.display()));
         }
         Ok(Summary::new(
             headline,
             json!({"width": width, "height": height, "max_iter": max_iter,
-                   "checksum": self.checksum, "out": self.out}),
+                   "checksum": self.checksum, "out": self.out_path}),
         ))
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{SharedArrayUse, Summary, TypedHandler, Workload};
+use crate::out_file::OutFile;
 use crate::splitmix::SplitMix64;
 
 /// Options of `procpool run matmul`.
@@ -86,6 +87,8 @@ pub struct Matmul {
     task_seconds: Option<TaskSeconds>,
     args: Args,
     prepared_in: f64,
+    /// `--out`, claimed before the inputs are made.
+    out: Option<OutFile>,
 }
 
 impl Matmul {
@@ -173,6 +176,7 @@ impl Workload for Matmul {
 
     fn plan(args: &Args, procs: usize) -> Result<Matmul> {
         let started = Instant::now();
+        let out = args.out.as_deref().map(OutFile::claim).transpose()?;
         let (a, b) = match (&args.a, &args.b) {
             (Some(a), Some(b)) => (load("a", a)?, load("b", b)?),
             _ => {
@@ -207,6 +211,7 @@ impl Workload for Matmul {
             }),
             args: args.clone(),
             prepared_in: started.elapsed().as_secs_f64(),
+            out,
         })
     }
 
@@ -263,7 +268,7 @@ impl Workload for Matmul {
         ]
     }
 
-    fn summary(self, report: &PoolReport) -> Result<Summary> {
+    fn summary(mut self, report: &PoolReport) -> Result<Summary> {
         let (m, k, n) = (self.a.shape()[0], self.a.shape()[1], self.b.shape()[1]);
         ensure!(
             self.rows_done == m,
@@ -285,9 +290,10 @@ impl Workload for Matmul {
             self.verify()?;
             checked = json!(started.elapsed().as_secs_f64());
         }
-        if let Some(path) = &self.args.out {
-            write_npy(path, &[m, n], &self.c.to_vec::<f64>()?)
-                .with_context(|| format!("writing C to {}", path.display()))?;
+        if let Some(out) = self.out.take() {
+            write_npy(out.temp_path(), &[m, n], &self.c.to_vec::<f64>()?)
+                .context("writing C for --out")?;
+            out.commit()?;
         }
         let mut headline = format!("C = A·B, {m}x{k} · {k}x{n}, {gflops:.1} GFLOP/s");
         if let Some(kernel) = kernel_gflops {
