@@ -480,3 +480,33 @@ fn max_tasks_per_child_means_no_process_answers_more() {
     assert!(short <= 2, "answers per pid: {answers:?}\n{output}");
     assert_eq!(output.json()["tasks_ok"], json!(40), "{output}");
 }
+
+#[test]
+fn a_hang_without_a_task_timeout_is_refused_before_it_starts() {
+    let output = Procpool::new(["run", "crash", "--mode", "hang", "--tasks", "20"]).run(2);
+    assert!(
+        output.stderr.contains("--mode hang needs --task-timeout"),
+        "{output}"
+    );
+    let output = Procpool::new([
+        "run",
+        "crash",
+        "--mode",
+        "hang",
+        "--tasks",
+        "4",
+        "--every",
+        "2",
+        "--task-timeout",
+        "0.2",
+        "--max-attempts",
+        "1",
+    ])
+    .run(1);
+    assert!(
+        output
+            .stdout
+            .contains("2 failed (2 planned to fail, --mode hang)"),
+        "{output}"
+    );
+}

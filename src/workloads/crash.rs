@@ -48,6 +48,9 @@ pub struct Args {
     /// Milliseconds of work (sleep) in every task, so kills land mid-task.
     #[arg(long, default_value_t = 10, value_parser = crate::parse::count)]
     pub task_ms: u64,
+    /// The pool's `--task-timeout`: without one, `--mode hang` would never end.
+    #[arg(from_global)]
+    pub task_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +77,11 @@ impl Workload for Crash {
 
     fn plan(args: &Args, _procs: usize) -> Result<Crash> {
         ensure!(args.task_ms <= 3_600_000, "--task-ms is at most an hour");
+        let hangs = args.mode == Mode::Hang && args.every <= args.tasks;
+        ensure!(
+            !hangs || args.task_timeout.is_some(),
+            "--mode hang needs --task-timeout SECS: a hung task ends only when its worker is killed"
+        );
         Ok(Crash {
             args: args.clone(),
             next: 0,
@@ -109,8 +117,9 @@ impl Workload for Crash {
         let (ok, errors, failed) = (report.tasks_ok, report.tasks_error, report.tasks_failed);
         Ok(Summary::new(
             format!(
-                "{ok} ok, {errors} answered with an error, {failed} failed ({planned} planned to fail by {:?})",
-                self.args.mode
+                "{ok} ok, {errors} answered with an error, {failed} failed ({planned} planned to fail, --mode {})",
+                clap::ValueEnum::to_possible_value(&self.args.mode)
+                    .map_or_else(String::new, |value| value.get_name().to_string())
             ),
             json!({"ok": ok, "errors": errors, "failed": failed,
                    "planned_failures": planned, "mode": self.args.mode}),
