@@ -298,6 +298,12 @@ fn bad_inputs_are_refused_in_one_line_before_running() {
         2,
         "--chunk-rows",
     );
+    refused(
+        d,
+        &["--file", "a.npy", "--dtype", "f8", "--cols", "4"],
+        2,
+        "a.npy: is a .npy file (it starts with the .npy magic); drop --dtype and --cols",
+    );
 }
 
 /// Runs colmeans on a file that is cut short while every worker holds a mapped tile,

@@ -92,6 +92,24 @@ struct Source {
     file_len: u64,
 }
 
+/// Whether the file begins as a `.npy` file does (`\x93NUMPY`).
+fn starts_with_npy_magic(path: &Path) -> bool {
+    let mut magic = [0u8; 6];
+    File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"\x93NUMPY")
+}
+
+/// A mean for the headline: six decimals for everyday sizes, `%g`-like scientific
+/// notation past them, so a mean of 1e300 is not 300 digits long.
+fn short_number(value: f64) -> String {
+    if value != 0.0 && !(1e-4..1e9).contains(&value.abs()) {
+        format!("{value:.6e}")
+    } else {
+        format!("{value:.6}")
+    }
+}
+
 impl Source {
     fn open(args: &Args, path: &Path) -> Result<Source> {
         let meta = std::fs::metadata(path)
@@ -104,6 +122,12 @@ impl Source {
         ensure!(meta.is_file(), "{}: not a regular file", path.display());
         let file_len = meta.len();
         let source = if let Some(dtype) = args.dtype {
+            ensure!(
+                !starts_with_npy_magic(path),
+                "{}: is a .npy file (it starts with the .npy magic); drop --dtype and --cols \
+                 to read its header",
+                path.display()
+            );
             let cols = args.cols.context("--dtype needs --cols")? as usize;
             ensure!(cols > 0, "--cols must be at least 1");
             let row_bytes = (cols as u64).saturating_mul(dtype.size as u64);
@@ -489,7 +513,7 @@ impl Workload for Colmeans {
                 .context("writing the means for --out")?;
             out.commit()?;
         }
-        let shown: Vec<String> = means.iter().take(4).map(|m| format!("{m:.6}")).collect();
+        let shown: Vec<String> = means.iter().take(4).map(|&m| short_number(m)).collect();
         let mut headline = format!(
             "means of {} columns × {} rows ({}, {}, {:.1} MiB) at {gbps:.2} GB/s in {} tiles; \
              peak worker RSS {:.1} MiB; means [{}{}]",
@@ -887,6 +911,15 @@ fn peak_rss_kib() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headline_means_are_short_whatever_their_size() {
+        assert_eq!(short_number(0.5), "0.500000");
+        assert_eq!(short_number(0.0), "0.000000");
+        assert_eq!(short_number(-123456.25), "-123456.250000");
+        assert_eq!(short_number(1e300), "1.000000e300");
+        assert_eq!(short_number(-2.5e-7), "-2.500000e-7");
+    }
 
     #[test]
     fn pairwise_and_cascade_sum_exactly_where_they_should() {
