@@ -211,6 +211,10 @@ pub struct PoolArgs {
     /// SIGKILL a random busy worker this many times per second (to watch recovery).
     #[arg(long, global = true, value_parser = parse::rate)]
     pub chaos: Option<f64>,
+    /// Append one JSON line per task to FILE as it ends (outcome, attempts, worker,
+    /// times), and one per task that never ran.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub joblog: Option<std::path::PathBuf>,
     /// The longest line, in bytes (256M, 1G): of a worker's stdout, past which the
     /// worker is killed, and of `run tasks` input, past which the run stops reading.
     #[arg(long, global = true, default_value = "256M", value_parser = parse::bytes)]

@@ -4,6 +4,7 @@ mod bench;
 mod check_worker;
 mod cli;
 mod gen;
+mod joblog;
 mod out_file;
 mod parse;
 mod registry;

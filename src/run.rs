@@ -16,6 +16,7 @@ use procpool_supervisor::{
 use serde_json::{json, Value};
 
 use crate::cli::{PoolArgs, RunArgs, StartMode};
+use crate::joblog::JobLog;
 use crate::registry::{Registration, WorkerSide};
 use crate::source::{Answer, Summary, TaskSource};
 use crate::status::{Status, REDRAW_EVERY};
@@ -167,13 +168,17 @@ fn drive(
     let mut error = None;
     let mut planning_failed = false;
     let mut rejected = Vec::new();
+    let mut joblog = args.joblog.as_deref().map(JobLog::open).transpose()?;
     loop {
         let has_room =
             |pool: &Pool, source: &dyn TaskSource| pool.unfinished().max(source.held()) < window;
         while !planning_failed && !pool.interrupted() && has_room(&pool, &*source) {
             match source.next_task(pool.next_id()) {
                 Some(Ok(input)) => {
-                    pool.put(input);
+                    let id = pool.put(input);
+                    if let Some(log) = &mut joblog {
+                        log.queued(id);
+                    }
                 }
                 Some(Err(err)) => {
                     error = Some(err.context("preparing tasks"));
@@ -200,9 +205,30 @@ fn drive(
             Err(PoolError::Aborted(_)) => break,
             Err(err) => return Err(err.into()),
         };
-        if let Event::Task { .. } = event {
-            done += 1;
-        }
+        // What the job log needs of a task's end, taken before the source has it
+        // (an output can be large: only its kind is kept).
+        let ended = match &event {
+            Event::Task {
+                id,
+                attempts,
+                slot,
+                outcome,
+            } => {
+                done += 1;
+                joblog.is_some().then(|| TaskEnd {
+                    label: source.task_label(*id),
+                    id: *id,
+                    attempts: *attempts,
+                    worker: (*slot, pool.workers()[*slot].pid),
+                    outcome: match outcome {
+                        TaskOutcome::Output(_) => TaskOutcome::Output(Value::Null),
+                        other => other.clone(),
+                    },
+                    rejected_before: rejected.len(),
+                })
+            }
+            _ => None,
+        };
         if let Event::Tick = event {
             status.borrow_mut().draw(&pool.workers(), done, total);
             continue;
@@ -224,12 +250,34 @@ fn drive(
             error = Some(err);
             break;
         }
+        if let (Some(log), Some(end)) = (&mut joblog, ended) {
+            let rejected = rejected
+                .get(end.rejected_before)
+                .map(|r| r.message.as_str());
+            let logged = log.ended(
+                end.label,
+                end.id,
+                end.attempts,
+                end.worker,
+                &end.outcome,
+                rejected,
+            );
+            if let Err(err) = logged {
+                error = Some(err);
+                break;
+            }
+        }
         if slot_changed {
             status.borrow_mut().draw(&pool.workers(), done, total);
         }
     }
     let mut report = pool.shutdown();
     count_rejected(&mut report, rejected);
+    if let Some(log) = &mut joblog {
+        if let Err(err) = log.not_run(|id| source.task_label(id)) {
+            error.get_or_insert(err);
+        }
+    }
     status.borrow_mut().clear();
     // A run whose result cannot be summed up (rows missing, say) is a failed run, but
     // the report of what did finish is still printed.
@@ -248,6 +296,17 @@ fn drive(
         summary,
         error,
     })
+}
+
+/// A task's end as the job log records it.
+struct TaskEnd {
+    label: Value,
+    id: procpool_child::TaskId,
+    attempts: u32,
+    worker: (usize, i32),
+    outcome: TaskOutcome,
+    /// Rejected answers before this one: a new entry is this task's.
+    rejected_before: usize,
 }
 
 /// The pool counted these tasks ok when their answers came; the source rejected the

@@ -23,11 +23,12 @@
 //! terminal), tasks run and results are written as lines arrive, and Ctrl-C works
 //! while the producer is silent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -36,7 +37,9 @@ use procpool_supervisor::{LineReader, PoolReport, ReadOutcome, TaskOutcome};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::resume::{KeptLines, Previous};
 use super::{Answer, Summary, TaskSource};
+use crate::out_file::OutFile;
 
 /// One line for `procpool run --help`.
 pub const ABOUT: &str = "One task per input line (JSON, or taken as a string) for a --child \
@@ -64,12 +67,16 @@ pub struct Args {
     /// Write results in input order (default: as they complete).
     #[arg(long)]
     pub ordered: bool,
+    /// Run only the inputs that have no line in --output FILE yet: the same command
+    /// again after an interrupted, killed or crashed run.
+    #[arg(long)]
+    pub resume: bool,
 }
 
-/// One output line.
+/// One output line; `id` is the input's index among the non-blank lines.
 #[derive(Serialize)]
 struct ResultLine<'a> {
-    id: TaskId,
+    id: u64,
     input: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'a Value>,
@@ -88,13 +95,23 @@ pub struct Tasks {
     /// Lines taken from the input so far, blank ones included (to name a bad one).
     lines_read: u64,
     max_line: usize,
-    /// Inputs of tasks put and not yet answered, shared with the pool.
-    inputs: HashMap<TaskId, Arc<Value>>,
+    /// The index the next non-blank input line has.
+    next_index: u64,
+    /// `--resume`: indices that already have a result line; they are skipped.
+    done: HashSet<u64>,
+    /// Inputs skipped for that.
+    skipped: u64,
+    /// Tasks put and not yet answered: the input's index and the input, shared with
+    /// the pool.
+    inputs: HashMap<TaskId, (u64, Arc<Value>)>,
     ordered: bool,
     /// `--ordered`: every task put and not yet written, in input order.
     order: VecDeque<TaskId>,
     /// `--ordered`: encoded lines of answered tasks waiting for an earlier one.
-    finished: HashMap<TaskId, Vec<u8>>,
+    finished: HashMap<TaskId, (u64, Vec<u8>)>,
+    /// `--ordered --resume`: the earlier lines, merged in as the new ones pass them,
+    /// and the file that replaces the output at the end.
+    merge: Option<(KeptLines, OutFile)>,
     out: BufWriter<Box<dyn Write>>,
     output_name: String,
     to_stdout: bool,
@@ -118,13 +135,27 @@ impl Tasks {
         };
         let input = LineReader::new(input, Some(max_line));
         let to_stdout = args.output == "-";
-        let out: Box<dyn Write> = if to_stdout {
-            Box::new(io::stdout())
-        } else {
-            Box::new(
-                File::create(&args.output)
+        if args.resume && to_stdout {
+            bail!("--resume needs --output FILE, the results of the earlier run");
+        }
+        let output = Path::new(&args.output);
+        let previous = args.resume.then(|| Previous::read(output)).transpose()?;
+        let mut merge = None;
+        let out: Box<dyn Write> = match &previous {
+            None if to_stdout => Box::new(io::stdout()),
+            None => Box::new(
+                File::create(output)
                     .with_context(|| format!("--output {}: cannot create it", args.output))?,
-            )
+            ),
+            Some(previous) if args.ordered => {
+                let (kept, replacement) = previous.merge_into(output)?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(replacement.temp_path())?;
+                merge = Some((kept, replacement));
+                Box::new(file)
+            }
+            Some(previous) => Box::new(previous.append_to(output)?),
         };
         Ok(Tasks {
             input,
@@ -137,10 +168,14 @@ impl Tasks {
             line_too_long: false,
             lines_read: 0,
             max_line,
+            next_index: 0,
+            done: previous.map(|previous| previous.done).unwrap_or_default(),
+            skipped: 0,
             inputs: HashMap::new(),
             ordered: args.ordered,
             order: VecDeque::new(),
             finished: HashMap::new(),
+            merge,
             out: BufWriter::with_capacity(1 << 16, out),
             output_name: if to_stdout {
                 "stdout".into()
@@ -151,9 +186,9 @@ impl Tasks {
         })
     }
 
-    /// The next non-blank input line read so far, as a JSON value (a string if it
-    /// is not JSON).
-    fn next_input(&mut self) -> Option<Value> {
+    /// The next non-blank input line read so far that has no result yet, with its
+    /// index, as a JSON value (a string if it is not JSON).
+    fn next_input(&mut self) -> Option<(u64, Value)> {
         loop {
             let line = self.input.next_line()?;
             self.lines_read += 1;
@@ -161,18 +196,27 @@ impl Tasks {
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Some(match serde_json::from_slice(text) {
-                Ok(value) => value,
-                Err(_) => Value::String(String::from_utf8_lossy(text).into_owned()),
-            });
+            let index = self.next_index;
+            self.next_index += 1;
+            if self.done.contains(&index) {
+                self.skipped += 1;
+                continue;
+            }
+            return Some((
+                index,
+                match serde_json::from_slice(text) {
+                    Ok(value) => value,
+                    Err(_) => Value::String(String::from_utf8_lossy(text).into_owned()),
+                },
+            ));
         }
     }
 
     /// Writes (or, with `--ordered`, queues) the line of a finished task.
     fn finish(&mut self, id: TaskId, output: Option<&Value>, error: Option<&str>) -> Result<()> {
-        let input = self.inputs.remove(&id).unwrap_or_default();
+        let (index, input) = self.inputs.remove(&id).unwrap_or_default();
         let line = ResultLine {
-            id,
+            id: index,
             input: &input,
             output,
             error,
@@ -184,17 +228,36 @@ impl Tasks {
         }
         let mut encoded = serde_json::to_vec(&line)?;
         encoded.push(b'\n');
-        self.finished.insert(id, encoded);
+        self.finished.insert(id, (index, encoded));
         self.write_ready_in_order()
     }
 
     /// Writes the finished lines at the head of the input order.
     fn write_ready_in_order(&mut self) -> Result<()> {
-        while let Some(line) = self.order.front().and_then(|id| self.finished.remove(id)) {
+        while let Some((index, line)) = self.order.front().and_then(|id| self.finished.remove(id)) {
             self.order.pop_front();
-            self.out.write_all(&line).context("writing a result")?;
+            self.write_in_order(index, &line)?;
         }
         Ok(())
+    }
+
+    /// Writes the line of input `index`, after the earlier run's lines before it.
+    fn write_in_order(&mut self, index: u64, line: &[u8]) -> Result<()> {
+        if let Some((kept, _)) = &mut self.merge {
+            kept.write_before(index, &mut self.out)?;
+        }
+        self.out.write_all(line).context("writing a result")
+    }
+
+    /// `--ordered --resume`: the earlier lines after the last new one, then the merged
+    /// file replaces the output.
+    fn finish_merge(&mut self) -> Result<()> {
+        let Some((mut kept, replacement)) = self.merge.take() else {
+            return Ok(());
+        };
+        kept.write_rest(&mut self.out)?;
+        self.out.flush()?;
+        replacement.commit()
     }
 }
 
@@ -218,10 +281,10 @@ pub(crate) fn open_stdin() -> io::Result<File> {
 
 impl TaskSource for Tasks {
     fn next_task(&mut self, id: TaskId) -> Option<Result<Arc<Value>>> {
-        if let Some(value) = self.next_input() {
+        if let Some((index, value)) = self.next_input() {
             // Shared with the pool, which keeps it to send again after a crash.
             let value = Arc::new(value);
-            self.inputs.insert(id, Arc::clone(&value));
+            self.inputs.insert(id, (index, Arc::clone(&value)));
             if self.ordered {
                 self.order.push_back(id);
             }
@@ -288,16 +351,28 @@ impl TaskSource for Tasks {
         self.to_stdout
     }
 
+    fn task_label(&self, id: TaskId) -> Value {
+        self.inputs
+            .get(&id)
+            .map_or(Value::Null, |(index, _)| json!(index))
+    }
+
     fn summary(mut self: Box<Self>, report: &PoolReport) -> Result<Summary> {
         self.flush()?;
+        self.finish_merge()?;
         let (ok, errors, failed) = (report.tasks_ok, report.tasks_error, report.tasks_failed);
         let total = ok + errors + failed;
+        let resumed = match self.skipped {
+            0 => String::new(),
+            skipped => format!("; {skipped} inputs had results already"),
+        };
         Ok(Summary::new(
             format!(
-                "{total} results written to {} ({ok} ok, {errors} error, {failed} failed)",
+                "{total} results written to {} ({ok} ok, {errors} error, {failed} failed){resumed}",
                 self.output_name
             ),
             json!({
+                "skipped": self.skipped,
                 "tasks": total,
                 "ok": ok,
                 "error": errors,
@@ -315,10 +390,12 @@ impl Drop for Tasks {
         let mut ids: Vec<TaskId> = self.finished.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some(line) = self.finished.remove(&id) {
-                let _ = self.out.write_all(&line);
+            if let Some((index, line)) = self.finished.remove(&id) {
+                let _ = self.write_in_order(index, &line);
             }
         }
         let _ = self.out.flush();
+        // What was there before stays, with what this run added.
+        let _ = self.finish_merge();
     }
 }

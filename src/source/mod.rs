@@ -8,6 +8,7 @@
 //! descriptor is readable and writes each result back to whoever submitted it.
 
 pub mod lines;
+pub mod resume;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -67,6 +68,12 @@ pub trait TaskSource {
     /// Whether results are written on stdout (the summary then goes to stderr).
     fn results_on_stdout(&self) -> bool {
         false
+    }
+
+    /// How the job log names task `id` (a stable name across runs, such as an input's
+    /// index); asked before its end is handed over. By default the pool's id.
+    fn task_label(&self, id: TaskId) -> Value {
+        Value::from(id)
     }
 
     /// How many tasks there will be, when the source knows (for progress and ETA).

@@ -231,6 +231,14 @@ impl Running {
         self.child.id() as i32
     }
 
+    /// Whether the supervisor has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("waiting for procpool")
+            .is_none()
+    }
+
     /// Sends `signal` to the supervisor.
     pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.pid()), signal).expect("signalling procpool");
