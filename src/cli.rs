@@ -211,6 +211,10 @@ pub struct PoolArgs {
     /// SIGKILL a random busy worker this many times per second (to watch recovery).
     #[arg(long, global = true, value_parser = parse::rate)]
     pub chaos: Option<f64>,
+    /// Run even when what the workload makes (a matrix, an image, a dataset) looks
+    /// larger than the memory or disk space available.
+    #[arg(long, global = true)]
+    pub force: bool,
     /// Append one JSON line per task to FILE as it ends (outcome, attempts, worker,
     /// times), and one per task that never ran.
     #[arg(long, global = true, value_name = "FILE")]

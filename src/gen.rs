@@ -43,6 +43,9 @@ pub struct ArrayArgs {
     /// Store column-major (Fortran order) instead of row-major (C order).
     #[arg(long)]
     pub fortran: bool,
+    /// Write it even when it looks larger than the free disk space.
+    #[arg(long)]
+    pub force: bool,
     /// The .npy file to write.
     pub out: PathBuf,
 }
@@ -65,7 +68,11 @@ const BLOCK: usize = 1 << 16;
 pub fn write_array(args: &ArrayArgs) -> Result<u64> {
     let file = File::create(&args.out)
         .with_context(|| format!("{}: cannot create it", args.out.display()))?;
-    write_array_to(file, args)?;
+    if let Err(err) = write_array_to(file, args) {
+        // Nothing half-written stays behind under the name.
+        let _ = std::fs::remove_file(&args.out);
+        return Err(err);
+    }
     Ok(std::fs::metadata(&args.out)?.len())
 }
 
@@ -80,6 +87,13 @@ pub fn write_array_to(file: File, args: &ArrayArgs) -> Result<()> {
         .checked_mul(cols)
         .and_then(|n| n.checked_mul(args.dtype.size))
         .context("--rows × --cols is too large")?;
+    crate::room::ensure_room(
+        &format!("{} ({rows} × {cols} × {})", args.out.display(), args.dtype),
+        total as u64,
+        "disk space",
+        crate::room::disk_available(&file),
+        args.force,
+    )?;
     let mut writer =
         NpyWriter::from_file(file, &args.out, args.dtype, &[rows, cols], args.fortran)?;
     let mut progress = Progress::new(&args.out, total as u64);
@@ -232,6 +246,7 @@ mod tests {
                 dtype: DType::parse(">i4").unwrap(),
                 seed: 9,
                 fortran,
+                force: false,
                 out: dir.path().join(name),
             };
             write_array(&args).unwrap();

@@ -8,6 +8,7 @@ mod joblog;
 mod out_file;
 mod parse;
 mod registry;
+mod room;
 mod run;
 mod serve;
 mod site;

@@ -74,6 +74,9 @@ pub struct Args {
     #[arg(long, default_value = "8", conflicts_with = "file",
           value_parser = crate::parse::count)]
     pub gen_cols: u64,
+    /// The pool's `--force`: generate the dataset even if the disk looks too small.
+    #[arg(from_global)]
+    pub force: bool,
     /// Sleep this long in each task after mapping the tile and before reading it
     /// (for tests that change the file mid-run).
     #[arg(long, hide = true, default_value_t = 0, value_parser = crate::parse::count)]
@@ -328,6 +331,7 @@ fn generate(args: &Args) -> Result<(Arc<OwnedFd>, Duration)> {
         dtype: DType::F64_LE,
         seed: 1,
         fortran: false,
+        force: args.force,
         // Names it in progress and error messages only.
         out: dir.join("(temporary dataset)"),
     };

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::{SharedArrayUse, Summary, TypedHandler, Workload};
 use crate::out_file::OutFile;
+use crate::room;
 
 /// Options of `procpool run mandelbrot`.
 #[derive(Debug, Clone, clap::Args)]
@@ -34,6 +35,9 @@ pub struct Args {
     /// Write the image as a PNG.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The pool's `--force`: go on even if the arrays look larger than free memory.
+    #[arg(from_global)]
+    pub force: bool,
 }
 
 /// The part of the complex plane drawn: x from -2.5 to 1; y centred on 0, scaled to
@@ -106,6 +110,16 @@ impl Workload for Mandelbrot {
 
     fn plan(args: &Args, _procs: usize) -> Result<Mandelbrot> {
         let out = args.out.as_deref().map(OutFile::claim).transpose()?;
+        let (width, height) = (args.width as u64, args.height as u64);
+        room::ensure_room(
+            &format!(
+                "mandelbrot --width {width} --height {height} (the image, i4, in shared memory)"
+            ),
+            width.saturating_mul(height).saturating_mul(4),
+            "memory",
+            room::memory_available(),
+            args.force,
+        )?;
         Ok(Mandelbrot {
             view: View {
                 width: args.width,

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::{SharedArrayUse, Summary, TypedHandler, Workload};
 use crate::out_file::OutFile;
+use crate::room;
 use crate::splitmix::SplitMix64;
 
 /// Options of `procpool run matmul`.
@@ -41,6 +42,9 @@ pub struct Args {
     /// Write C to this .npy file (f8, C order).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The pool's `--force`: go on even if the arrays look larger than free memory.
+    #[arg(from_global)]
+    pub force: bool,
     /// Verify C against an independent computation (Freivalds' check plus sampled entries).
     #[arg(long)]
     pub check: bool,
@@ -181,6 +185,14 @@ impl Workload for Matmul {
             (Some(a), Some(b)) => (load("a", a)?, load("b", b)?),
             _ => {
                 let n = args.n;
+                let matrices = (n as u64).saturating_mul(n as u64).saturating_mul(3 * 8);
+                room::ensure_room(
+                    &format!("matmul --n {n} (A, B and C, {n}×{n} f8 each, in shared memory)"),
+                    matrices,
+                    "memory",
+                    room::memory_available(),
+                    args.force,
+                )?;
                 (
                     generated("a", n, n, args.seed)?,
                     generated("b", n, n, args.seed.wrapping_add(1))?,
@@ -193,6 +205,15 @@ impl Workload for Matmul {
             k == k2,
             "cannot multiply A ({m}x{k}) by B ({k2}x{n}): A's columns must equal B's rows"
         );
+        if args.a.is_some() {
+            room::ensure_room(
+                &format!("C ({m}×{n} f8, in shared memory)"),
+                (m as u64).saturating_mul(n as u64).saturating_mul(8),
+                "memory",
+                room::memory_available(),
+                args.force,
+            )?;
+        }
         let c = SharedArray::create("c", f64::DTYPE, &[m, n])?;
         let block = match args.block {
             Some(block) => block,
