@@ -168,8 +168,9 @@ pub enum StartMode {
     Fork,
 }
 
-/// Options shared by every workload.
+/// Options shared by every workload, listed apart from the workload's own in help.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Pool options")]
 pub struct PoolArgs {
     /// Worker processes [default: the cores this process may use]
     #[arg(long, global = true, value_parser = parse::whole::<u32>(1, 4096))]

@@ -79,7 +79,8 @@ fn sigint_during_a_crash_storm_exits_130_with_every_task_accounted_for() {
 
 #[test]
 fn a_hung_task_is_killed_when_the_grace_after_sigint_runs_out() {
-    // Every task hangs; no --task-timeout. Only the grace can end the run.
+    // Every task hangs, and --task-timeout (which `--mode hang` requires) is
+    // far beyond the test: only the grace can end the run.
     let run = Procpool::new([
         "run",
         "crash",
@@ -95,6 +96,8 @@ fn a_hung_task_is_killed_when_the_grace_after_sigint_runs_out() {
         "2",
         "--grace",
         "0.5",
+        "--task-timeout",
+        "600",
         "--json",
     ])
     .spawn();

@@ -43,7 +43,8 @@ use crate::out_file::OutFile;
 
 /// One line for `procpool run --help`.
 pub const ABOUT: &str = "One task per input line (JSON, or taken as a string) for a --child \
-    worker; one result line per task: {\"id\",\"input\",\"output\"} or {\"id\",\"input\",\"error\"}";
+    worker, which is required; one result line per task: {\"id\",\"input\",\"output\"} or \
+    {\"id\",\"input\",\"error\"}";
 
 /// There is no built-in worker: what to pass instead.
 pub const USAGE: &str = "`procpool run tasks` needs --child CMD, the worker that runs each \
