@@ -194,7 +194,7 @@ fn drive(
             }
         }
         // Streamed input is read only when it is readable and the window has room.
-        let input = match planning_failed || !has_room(&pool, &*source) {
+        let input = match planning_failed || pool.interrupted() || !has_room(&pool, &*source) {
             true => None,
             false => source.input(),
         };

@@ -342,6 +342,33 @@ fn an_interrupt_lets_running_tasks_end_within_the_grace_and_ends_the_rest_not_ru
 }
 
 #[test]
+fn the_channel_is_heard_during_the_grace_a_second_interrupt_or_eof_ends_it_now() {
+    for second in ["interrupt", "eof"] {
+        let mut client = Client::start(&["--procs", "1", "--grace", "60"]);
+        client.submit(1, json!({"sleep": 60}));
+        let worker: i32 = client.log_after("sleeping ").parse().expect("a pid");
+        client.send(json!({"type": "interrupt"}));
+        assert_eq!(client.expect("interrupted")["again"], false);
+        let sent = Instant::now();
+        if second == "interrupt" {
+            client.send(json!({"type": "interrupt"}));
+            assert_eq!(client.expect("interrupted")["again"], true);
+            let (_, status, _) = client.finish();
+            assert_eq!(status.code(), Some(130));
+        } else {
+            drop(client.requests.take());
+            let status = client.serve.wait().expect("waiting for serve");
+            assert_eq!(status.code(), Some(1));
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "the second {second} waited for the 60 s grace"
+        );
+        assert!(!is_alive(worker), "the worker outlived the second {second}");
+    }
+}
+
+#[test]
 fn a_closed_channel_kills_every_worker_and_serve_at_once() {
     let mut client = Client::start(&["--procs", "2", "--prefetch", "1"]);
     client.submit(1, json!({"sleep": 60}));

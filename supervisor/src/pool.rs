@@ -143,8 +143,9 @@ impl Pool {
     /// descriptor more tasks come from (a pipe, a terminal), to become readable:
     /// then [`Event::InputReady`]. The caller reads it only then, so a slow producer
     /// never stalls results, restarts or Ctrl-C. While `input` is given, a joined
-    /// queue does not end the wait; after an interrupt `input` is ignored, since no
-    /// more tasks will run.
+    /// queue does not end the wait, except after an interrupt: then the wait ends once
+    /// in-flight tasks are done, and `input` is watched only until then (a caller that
+    /// takes no more tasks once interrupted passes `None`).
     pub fn next_event_or_input(
         &mut self,
         input: Option<BorrowedFd<'_>>,
@@ -159,8 +160,10 @@ impl Pool {
             if let Some(reason) = self.core.aborted() {
                 return Err(PoolError::Aborted(reason.clone()));
             }
-            let input = input.filter(|_| !self.core.interrupted());
-            if self.core.book().is_joined() && input.is_none() {
+            // After an interrupt, `input` is still watched (a control channel's second
+            // interrupt or EOF must get through), but no longer keeps the wait going.
+            let joined = self.core.book().is_joined();
+            if joined && (input.is_none() || self.core.interrupted()) {
                 return Ok(None);
             }
             self.core.dispatch(Instant::now());
