@@ -444,11 +444,12 @@ fn say_goodbye(
     outbox: &Outbox,
 ) -> ExitCode {
     let mut outbox = outbox.borrow_mut();
-    for (_, id) in tasks.by_pool.drain() {
-        outbox.send(&json!({"type": "not_run", "id": id}));
-    }
+    // The reason first, so that the client can give it to each task left open.
     if let Some(reason) = &aborted {
         outbox.send(&json!({"type": "aborted", "reason": reason}));
+    }
+    for (_, id) in tasks.by_pool.drain() {
+        outbox.send(&json!({"type": "not_run", "id": id}));
     }
     outbox.send(&json!({"type": "bye", "report": report}));
     outbox.flush();

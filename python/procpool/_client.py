@@ -241,6 +241,8 @@ class Client:
     def _dispatch(self, message):
         kind = message.get("type")
         if kind in _ENDS:
+            if kind == "not_run" and self.broken_reason is not None:
+                kind, message = "broken", {"message": self.broken_reason}
             with self._lock:
                 on_end = self._open.pop(message.get("id"), None)
             if on_end is not None:
