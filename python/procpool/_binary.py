@@ -1,5 +1,6 @@
 """Finding the procpool binary that serves this package's pools."""
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -12,17 +13,38 @@ from ._version import __version__
 _found = None
 
 
+def _installed_with_this_package():
+    """The binary pip installed with this very copy of the package, as its RECORD
+    says (a venv, `--user`, `--target` or `--prefix` install alike), or None."""
+    try:
+        dist = importlib.metadata.distribution("procpool")
+        if Path(dist.locate_file("procpool/__init__.py")).resolve() != Path(__file__).resolve().with_name(
+            "__init__.py"
+        ):
+            return None  # another install of procpool comes first on sys.path
+        for file in dist.files or ():
+            if file.name == "procpool" and file.parent.name in ("bin", "scripts"):
+                return Path(dist.locate_file(file)).resolve()
+    except (importlib.metadata.PackageNotFoundError, OSError):
+        pass
+    return None
+
+
 def _candidates():
-    """Where the binary may be, best first: PROCPOOL_BIN, the scripts directory of the
-    environment this package is installed in (a venv need not be activated), the
-    `bin/` beside a `pip install --target` tree, the user scripts directory (`pip
-    install --user`), then PATH."""
+    """Where the binary may be, best first: PROCPOOL_BIN, the one installed with this
+    package (by its RECORD, or in `bin/` beside a `--target` tree), the scripts directory of the running environment (a venv need not be
+    activated), the user scripts directory (`pip install --user`), then PATH."""
     explicit = os.environ.get("PROCPOOL_BIN")
     if explicit:
         yield Path(explicit), "PROCPOOL_BIN"
         return
-    yield Path(sysconfig.get_path("scripts")) / "procpool", "the environment's scripts"
+    recorded = _installed_with_this_package()
+    if recorded is not None:
+        yield recorded, "the package's install record"
+    # pip install --target puts scripts in bin/ beside the package, and its RECORD
+    # says where they were before the move.
     yield Path(__file__).resolve().parent.parent / "bin" / "procpool", "the install tree"
+    yield Path(sysconfig.get_path("scripts")) / "procpool", "the environment's scripts"
     try:
         user = sysconfig.get_path("scripts", "%s_user" % os.name)
     except KeyError:
