@@ -139,29 +139,29 @@ class Client:
     # Requests.
 
     def submit_many(self, tasks):
-        """Submit `(input, on_end, timeout_s, max_attempts)` tuples in one write; their
-        ids, in order."""
+        """Submit `(input_json, on_end, timeout_s, max_attempts)` tuples in one write
+        (each input as JSON text); their ids, in order."""
         ids, lines = [], []
         if self.forked_away:
             raise PoolBroken(self.broken_reason)
         with self._lock:
             if self._closed.is_set():
                 raise PoolBroken(self.broken_reason or "the pool is shut down")
-            for task_input, on_end, timeout_s, max_attempts in tasks:
+            for input_json, on_end, timeout_s, max_attempts in tasks:
                 task_id = next(self._ids)
-                request = {"type": "submit", "id": task_id, "input": task_input}
+                options = ""
                 if timeout_s is not None:
-                    request["timeout_s"] = float(timeout_s)
+                    options += ',"timeout_s":%s' % json.dumps(float(timeout_s))
                 if max_attempts is not None:
-                    request["max_attempts"] = int(max_attempts)
-                lines.append(json.dumps(request, separators=(",", ":")))
+                    options += ',"max_attempts":%d' % max_attempts
+                lines.append('{"type":"submit","id":%d%s,"input":%s}' % (task_id, options, input_json))
                 self._open[task_id] = on_end
                 ids.append(task_id)
         self._send_lines(lines)
         return ids
 
-    def submit(self, task_input, on_end, timeout_s=None, max_attempts=None):
-        return self.submit_many([(task_input, on_end, timeout_s, max_attempts)])[0]
+    def submit(self, input_json, on_end, timeout_s=None, max_attempts=None):
+        return self.submit_many([(input_json, on_end, timeout_s, max_attempts)])[0]
 
     def cancel(self, task_id):
         self._send({"type": "cancel", "id": task_id})

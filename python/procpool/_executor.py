@@ -123,7 +123,7 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             futures = [_Future(self._client) for _ in inputs]
             ids = self._client.submit_many(
-                [(task_input, future._settle, timeout, max_attempts) for task_input, future in zip(inputs, futures)]
+                [(input_json, future._settle, timeout, max_attempts) for input_json, future in zip(inputs, futures)]
             )
         for future, task_id in zip(futures, ids):
             future._task_id = task_id
@@ -143,7 +143,7 @@ class Executor(concurrent.futures.Executor):
         if chunksize == 1:
             inputs = (_codec.call(self._functions, fn, args, None) for args in calls)
         else:
-            inputs = (_codec.chunk(self._functions, fn, batch) for batch in _codec.batched(calls, chunksize))
+            inputs = (_codec.chunk(self._functions, fn, batch, star=True) for batch in _codec.batched(calls, chunksize))
         window = collections.deque(self._submit_batches(inputs, buffersize))
         return self._results(window, inputs, buffersize, deadline, chunksize > 1)
 

@@ -95,12 +95,12 @@ class _Imap:
 
     def _top_up(self):
         while len(self._in_flight) < self._window:
-            task_input = next(self._inputs, None)
-            if task_input is None:
+            input_json = next(self._inputs, None)
+            if input_json is None:
                 return
             slot = _Slot()
             self._in_flight.append(slot)
-            self._pool._client.submit(task_input, lambda kind, message, slot=slot: self._ended(slot, kind, message))
+            self._pool._client.submit(input_json, lambda kind, message, slot=slot: self._ended(slot, kind, message))
 
     def _ended(self, slot, kind, message):
         with self._cond:
@@ -184,40 +184,39 @@ class Pool:
 
     def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None):
         self._check_running()
-        task_input = _codec.call(self._functions, func, args, kwds)
+        input_json = _codec.call(self._functions, func, args, kwds)
         result = AsyncResult(1, callback, error_callback)
-        self._client.submit(task_input, lambda kind, message: result._part_ended(0, kind, message))
+        self._client.submit(input_json, lambda kind, message: result._part_ended(0, kind, message))
         return result
 
     def map(self, func, iterable, chunksize=None):
-        return self._get(self._map_async(func, ((item,) for item in iterable), iterable, chunksize))
+        return self._get(self._map_async(func, iterable, chunksize, star=False))
 
     def starmap(self, func, iterable, chunksize=None):
-        return self._get(self._map_async(func, iterable, iterable, chunksize))
+        return self._get(self._map_async(func, iterable, chunksize, star=True))
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        return self._map_async(func, ((item,) for item in iterable), iterable, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, chunksize, False, callback, error_callback)
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        return self._map_async(func, iterable, iterable, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, chunksize, True, callback, error_callback)
 
-    def _map_async(self, func, arg_tuples, iterable, chunksize, callback=None, error_callback=None):
+    def _map_async(self, func, iterable, chunksize, star, callback=None, error_callback=None):
         self._check_running()
         if not hasattr(iterable, "__len__"):
-            arg_tuples = list(arg_tuples)
-            iterable = arg_tuples
+            iterable = list(iterable)
         if chunksize is None:
             # multiprocessing's default: about four chunks per worker.
             chunksize, extra = divmod(len(iterable), self._processes * 4)
             if extra:
                 chunksize += 1
         chunksize = max(1, chunksize)
-        inputs = [_codec.chunk(self._functions, func, batch) for batch in _codec.batched(arg_tuples, chunksize)]
+        inputs = [_codec.chunk(self._functions, func, batch, star) for batch in _codec.batched(iterable, chunksize)]
         result = _MapResult(len(inputs), callback, error_callback)
         self._client.submit_many(
             [
-                (task_input, lambda kind, message, index=index: result._part_ended(index, kind, message), None, None)
-                for index, task_input in enumerate(inputs)
+                (input_json, lambda kind, message, index=index: result._part_ended(index, kind, message), None, None)
+                for index, input_json in enumerate(inputs)
             ]
         )
         return result
@@ -232,7 +231,7 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError("Chunksize must be 1+, not %r" % chunksize)
-        inputs = (_codec.chunk(self._functions, func, batch) for batch in _codec.batched(((x,) for x in iterable), chunksize))
+        inputs = (_codec.chunk(self._functions, func, batch, False) for batch in _codec.batched(iterable, chunksize))
         return _Imap(self, inputs, self._processes * _IMAP_WINDOW_PER_WORKER, ordered)
 
     def _get(self, result):

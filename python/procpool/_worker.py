@@ -10,7 +10,7 @@ The protocol's stdout is a private duplicate: descriptor 1 becomes stderr, so a 
 `print` (and a C library's writes) land in the worker's log, not in the protocol.
 """
 
-import base64
+import binascii
 import json
 import os
 import pickle
@@ -40,21 +40,29 @@ def _encode(message):
 def _run_initializer():
     text = os.environ.pop("PROCPOOL_PY_INIT", None)
     if text:
-        initializer, initargs = pickle.loads(base64.b64decode(text))
+        initializer, initargs = pickle.loads(binascii.a2b_base64(text))
         initializer(*initargs)
 
 
 def _lines(fd):
     """The lines of `fd`, and after each read's last complete line a None: the moment
-    to send what is answered before blocking on the next read."""
-    pending = b""
+    to send what is answered before blocking on the next read. A long line is
+    gathered in pieces and joined once (a 100 MB argument is one line)."""
+    pieces = []
     while True:
         data = os.read(fd, _READ_SIZE)
         if not data:
             return
-        pending += data
-        *complete, pending = pending.split(b"\n")
-        yield from complete
+        start = 0
+        end = data.find(b"\n")
+        while end >= 0:
+            pieces.append(data[start:end])
+            yield b"".join(pieces)
+            pieces = []
+            start = end + 1
+            end = data.find(b"\n", start)
+        if start < len(data):
+            pieces.append(data[start:])
         yield None
 
 
@@ -84,6 +92,5 @@ def main():
         # `started` goes out with the answers before it, just as the work begins, so a
         # crash is charged to this task and to no other.
         _write_all(protocol_out, answered + _encode({"type": "started", "id": message["id"]}))
-        output = loader.run(message["input"])
-        answered = _encode({"type": "result", "id": message["id"], "output": output})
+        answered = loader.answer(message["id"], message["input"])
     _write_all(protocol_out, answered)

@@ -137,7 +137,7 @@ def test_kill_9_of_the_caller_leaves_no_process_within_a_second(script):
     assert wait_until(lambda: not alive(serve) and not any(alive(pid) for pid in workers), 1)
 
 
-def test_a_forked_child_does_not_keep_the_pool_alive(script):
+def test_a_forked_child_does_not_keep_the_pool_alive(script, tmp_path):
     program = script(
         """
         import os, time, procpool
@@ -148,7 +148,8 @@ def test_a_forked_child_does_not_keep_the_pool_alive(script):
             try:
                 executor.submit(abs, -2)
             except procpool.PoolBroken as error:
-                print("child refused:", error, flush=True)
+                with open("child.txt", "w") as out:
+                    out.write("child refused: %s" % error)
             time.sleep(60)
             os._exit(0)
         print("serve", executor._client.pid, child, flush=True)
@@ -156,9 +157,11 @@ def test_a_forked_child_does_not_keep_the_pool_alive(script):
         """
     )
     words = program.stdout.readline().split()
-    assert words[0] == "serve", program.stderr.read()
+    assert words[0] == "serve", words
     serve, child = int(words[1]), int(words[2])
-    assert "child refused: a pool does not cross os.fork()" in program.stdout.readline()
+    refusal = tmp_path / "child.txt"
+    assert wait_until(refusal.exists, 10)
+    assert wait_until(lambda: "child refused: a pool does not cross os.fork()" in refusal.read_text(), 1)
     program.kill()
     program.wait()
     try:
