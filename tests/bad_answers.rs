@@ -22,7 +22,7 @@ fn worker(answer: &str) -> String {
 fn run_with_answer(args: &[&str], answer: &str) -> (Value, String) {
     let common = ["--procs", "1", "--json", "--child", "python3 w.py"];
     let output = Procpool::new(["run"].iter().chain(args).chain(&common))
-        .write("w.py", &worker(answer))
+        .write("w.py", worker(answer))
         .run(1);
     assert!(!output.stderr.contains("panicked"), "{output}");
     let report = output.json();

@@ -50,7 +50,7 @@ fn an_input_without_newlines_stops_the_run_at_the_line_bound() {
         "--procs",
         "1",
     ])
-    .write("w.py", &worker(ANSWER))
+    .write("w.py", worker(ANSWER))
     .run(1);
     assert!(
         output.stderr.contains(

@@ -148,7 +148,7 @@ fn a_started_that_breaks_the_protocol_fails_the_check() {
     ];
     for (body, expected) in cases {
         let output = Procpool::new(["check-worker", "--timeout", "2", "python3 w.py"])
-            .write("w.py", &protocol_worker(body))
+            .write("w.py", protocol_worker(body))
             .run(1);
         assert!(
             output.stdout.contains(expected),

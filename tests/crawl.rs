@@ -169,7 +169,7 @@ fn several_seeds_are_crawled_each_in_its_own_site() {
     // is unit-tested in src/workloads/crawl.rs.
     let (a, b) = (Site::start("4"), Site::start("6"));
     let output = Procpool::new(["run", "crawl", "--urls", "urls.txt", "--json", "--quiet"])
-        .write("urls.txt", &format!("{}\n{}\n", a.front, b.front))
+        .write("urls.txt", format!("{}\n{}\n", a.front, b.front))
         .run(0);
     assert_eq!(output.json()["result"]["pages"], json!(10), "{output}");
 }

@@ -179,7 +179,7 @@ fn exiting_0_while_holding_a_task_is_a_crash_and_the_task_is_retried() {
 fn a_worker_file_that_is_not_executable_is_a_clear_error() {
     let started = Instant::now();
     let output = Procpool::new(["run", "noop", "--tasks", "3", "--child", "./w.py"])
-        .write("w.py", &worker(ANSWER))
+        .write("w.py", worker(ANSWER))
         .run(1);
     assert!(
         output.stderr.contains("./w.py is not executable") && output.stderr.contains("chmod +x"),
@@ -193,7 +193,7 @@ fn a_missing_interpreter_is_a_clear_error_without_a_restart_storm() {
     // The kernel cannot exec it: the pool does not start.
     let run = Procpool::new(["run", "noop", "--tasks", "3", "--child", "./w.py"]).write(
         "w.py",
-        &format!("#!/nonexistent/python9\n{}", worker(ANSWER)),
+        format!("#!/nonexistent/python9\n{}", worker(ANSWER)),
     );
     let path = run.dir().join("w.py");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -212,7 +212,7 @@ fn a_missing_interpreter_is_a_clear_error_without_a_restart_storm() {
     ])
     .write(
         "w.py",
-        &format!("#!/usr/bin/env python9-missing\n{}", worker(ANSWER)),
+        format!("#!/usr/bin/env python9-missing\n{}", worker(ANSWER)),
     );
     let path = run.dir().join("w.py");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();

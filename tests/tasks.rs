@@ -91,6 +91,53 @@ fn lines_that_are_not_json_are_strings_and_blank_lines_are_skipped() {
 }
 
 #[test]
+fn a_line_that_would_change_on_the_way_stops_the_run_naming_it() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let cases: [(&[u8], &str); 6] = [
+        (b"{\"a\": [1, 2", "line 3 starts like JSON but is not (EOF while parsing"),
+        (b"caf\xe9 au lait", "line 3 is not valid UTF-8 (at byte 3)"),
+        (deep.as_bytes(), "line 3 starts like JSON but is not (recursion limit exceeded"),
+        (b"{\"n\": 123456789012345678901234567890}", "line 3 holds the number 123456789012345678901234567890, which has no exact 64-bit form"),
+        (b"[-9223372036854775809]", "line 3 holds the number -9223372036854775809"),
+        (b"1e400", "line 3 holds the number 1e400"),
+    ];
+    for (line, problem) in cases {
+        // Numbers at the edges of 64 bits, in strings, and in text pass as they are.
+        let mut input = b"order 123456789012345678901234567890 shipped\n\
+            [18446744073709551615, -9223372036854775808, 1.5e308, \"1e400\"]\n"
+            .to_vec();
+        input.extend_from_slice(line);
+        input.extend_from_slice(b"\n3\n");
+        let output = Procpool::new([
+            "run",
+            "tasks",
+            "--child",
+            &python_example("procpool_worker.py"),
+            "--procs",
+            "1",
+            "--input",
+            "in.txt",
+        ])
+        .write("in.txt", input)
+        .run(1);
+        assert!(output.stderr.contains(problem), "{problem}\n{output}");
+        // The lines before it ran; nothing after it was read.
+        let mut lines = result_lines(&output.stdout);
+        lines.sort_by_key(|line| line["id"].as_u64());
+        assert_eq!(lines.len(), 2, "{output}");
+        assert_eq!(
+            lines[0]["output"], "order 123456789012345678901234567890 shipped",
+            "{output}"
+        );
+        assert_eq!(
+            lines[1]["output"],
+            json!([18446744073709551615u64, i64::MIN, 1.5e308, "1e400"]),
+            "{output}"
+        );
+    }
+}
+
+#[test]
 fn the_sdk_refuses_nan_and_infinity_as_the_tasks_error() {
     let worker = sdk_worker("def handle(x):\n    return float(x)\n");
     let output = Procpool::tasks(&worker, "\"nan\"\n\"inf\"\n2\n", &["--ordered"]).run(1);

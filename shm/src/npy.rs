@@ -221,7 +221,13 @@ fn parse_dict(text: &str, data_offset: usize) -> Result<NpyHeader> {
                     quote(entry.text)
                 )));
             }
-            _ => {}
+            // numpy refuses any other key, so a file it cannot load is not read here.
+            (key, _) => {
+                return Err(malformed(format!(
+                    "the key {} is not one of a .npy header's (descr, fortran_order, shape)",
+                    quote(key)
+                )))
+            }
         }
     }
     let missing = |key: &str| malformed(format!("the key '{key}' is missing"));
@@ -367,8 +373,14 @@ mod tests {
         assert_eq!(header.data_offset, 12 + dict.len());
 
         // Version 3.0 allows UTF-8, e.g. in a field name of an (unsupported)
-        // structured dtype; here in an extra key numpy would not write.
-        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (), 'note': 'µ'}\n";
+        // structured dtype; in a key numpy does not know, it is refused, as numpy does.
+        let extra = "{'descr': '<f4', 'fortran_order': False, 'shape': (), 'note': 'µ'}\n";
+        let message = NpyHeader::parse(&handmade(3, extra))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("the key \"note\" is not one"), "{message}");
+        assert!(message.contains("'note': 'µ'"), "{message}");
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (), }\n";
         let v3 = handmade(3, dict);
         let header = NpyHeader::parse(&v3).unwrap();
         assert_eq!(header.dtype, DType::F32_LE);

@@ -2,7 +2,7 @@
 //! `--child` worker in any language. A task source with no workload behind it: there
 //! is no built-in worker, and results go back to the stream's own output.
 //!
-//! Input: each line is one task's input, a JSON value; a line that is not JSON is
+//! Input: each line is one task's input, a JSON value; a line of text that is not JSON is
 //! taken as a JSON string; blank lines are skipped. Output: one JSON line per task,
 //! `{"id":..,"input":..,"output":..}` or `{"id":..,"input":..,"error":".."}`, in
 //! completion order, or in input order with `--ordered`.
@@ -188,8 +188,8 @@ impl Tasks {
     }
 
     /// The next non-blank input line read so far that has no result yet, with its
-    /// index, as a JSON value (a string if it is not JSON).
-    fn next_input(&mut self) -> Option<(u64, Value)> {
+    /// index, as a JSON value (see [`input_value`]).
+    fn next_input(&mut self) -> Option<(u64, Result<Value, String>)> {
         loop {
             let line = self.input.next_line()?;
             self.lines_read += 1;
@@ -203,13 +203,7 @@ impl Tasks {
                 self.skipped += 1;
                 continue;
             }
-            return Some((
-                index,
-                match serde_json::from_slice(text) {
-                    Ok(value) => value,
-                    Err(_) => Value::String(String::from_utf8_lossy(text).into_owned()),
-                },
-            ));
+            return Some((index, input_value(text)));
         }
     }
 
@@ -262,6 +256,97 @@ impl Tasks {
     }
 }
 
+/// A non-blank input line as a task's input: its JSON value, or the line as a string
+/// when it is text that is not JSON. A line that would change on the way is refused
+/// with what is wrong with it: one that is not UTF-8; one that starts like JSON (`{`,
+/// `[`, `"`) and does not parse (cut short, nested past the parser's 128 levels),
+/// which is a broken value, not text; and one holding a number with no exact 64-bit
+/// form, which would arrive rounded.
+fn input_value(line: &[u8]) -> Result<Value, String> {
+    let parse_error = match serde_json::from_slice(line) {
+        Ok(value) => {
+            return match std::str::from_utf8(line).ok().and_then(inexact_number) {
+                Some(number) => Err(inexact_number_problem(number)),
+                None => Ok(value),
+            }
+        }
+        Err(err) => err,
+    };
+    let text = std::str::from_utf8(line)
+        .map_err(|err| format!("is not valid UTF-8 (at byte {})", err.valid_up_to()))?;
+    // serde_json refuses a number past a double's range (`1e400`); as a line of its
+    // own it is a number that would change, not text.
+    let trimmed = text.trim();
+    if trimmed.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        && trimmed.bytes().all(is_number_byte)
+    {
+        return Err(inexact_number_problem(trimmed));
+    }
+    if trimmed.starts_with(['{', '[', '"']) {
+        return Err(format!("starts like JSON but is not ({parse_error})"));
+    }
+    Ok(Value::String(text.to_owned()))
+}
+
+fn inexact_number_problem(number: &str) -> String {
+    format!(
+        "holds the number {number}, which has no exact 64-bit form (integers within \
+         ±2^63 or up to 2^64, finite doubles) and would reach the worker changed; quote it \
+         to pass it as text"
+    )
+}
+
+/// The first number in JSON `text` (outside strings) that a 64-bit integer or a
+/// finite double cannot hold as written: an integer past 64 bits (which would become
+/// a rounded double), or a double past 1.8e308. More digits than a double keeps are
+/// not flagged: that is how JSON doubles are commonly written.
+fn inexact_number(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut in_string = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if in_string {
+            match byte {
+                b'\\' => at += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            at += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            at += 1;
+            continue;
+        }
+        if byte == b'-' || byte.is_ascii_digit() {
+            let len = bytes[at..]
+                .iter()
+                .take_while(|&&b| is_number_byte(b))
+                .count();
+            let number = &text[at..at + len];
+            let exact = if number.contains(['.', 'e', 'E']) {
+                number.parse::<f64>().is_ok_and(f64::is_finite)
+            } else {
+                number.parse::<i64>().is_ok() || number.parse::<u64>().is_ok()
+            };
+            if !exact {
+                return Some(number);
+            }
+            at += len;
+            continue;
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Whether `byte` can be part of a JSON number.
+fn is_number_byte(byte: u8) -> bool {
+    byte.is_ascii_digit() || matches!(byte, b'-' | b'+' | b'.' | b'e' | b'E')
+}
+
 /// stdin, to be read only when poll says it is readable. A pipe or a terminal is
 /// opened again as a file description of this process's own and made non-blocking
 /// there, so a read after the poll can never wait (the shell's description is left as
@@ -283,6 +368,19 @@ pub(crate) fn open_stdin() -> io::Result<File> {
 impl TaskSource for Tasks {
     fn next_task(&mut self, id: TaskId) -> Option<Result<Arc<Value>>> {
         if let Some((index, value)) = self.next_input() {
+            // Reported as a planning failure, like a line past the bound: the tasks
+            // before it finish, and --resume goes on once the line is fixed.
+            let value = match value {
+                Ok(value) => value,
+                Err(problem) => {
+                    return Some(Err(anyhow::anyhow!(
+                        "reading {}: line {} {problem}; an input line is one JSON value, or \
+                         text that does not start with {{, [ or \" (taken as a string)",
+                        self.input_name,
+                        self.lines_read,
+                    )))
+                }
+            };
             // Shared with the pool, which keeps it to send again after a crash.
             let value = Arc::new(value);
             self.inputs.insert(id, (index, Arc::clone(&value)));

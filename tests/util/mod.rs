@@ -82,7 +82,7 @@ impl Procpool {
     }
 
     /// Writes `contents` to `name` in the run's directory (a worker script, say).
-    pub fn write(self, name: &str, contents: &str) -> Procpool {
+    pub fn write(self, name: &str, contents: impl AsRef<[u8]>) -> Procpool {
         std::fs::write(self.dir.path().join(name), contents).expect("writing a test file");
         self
     }

@@ -82,9 +82,14 @@ impl Parser<'_> {
         self.rest().chars().next()
     }
 
+    /// Python's whitespace between tokens, and no other: a no-break space or a
+    /// vertical tab is a syntax error to numpy's `ast.literal_eval`, so here too.
     fn skip_space(&mut self) {
         let rest = self.rest();
-        self.pos += rest.len() - rest.trim_start().len();
+        self.pos += rest.len()
+            - rest
+                .trim_start_matches([' ', '\t', '\x0c', '\n', '\r'])
+                .len();
     }
 
     fn eat(&mut self, expected: char) -> bool {
@@ -121,7 +126,15 @@ impl Parser<'_> {
         }
         match self.peek() {
             Some(quote @ ('\'' | '"')) => self.string(quote),
-            Some('(') => self.sequence(')', depth).map(Literal::Tuple),
+            Some('(') => {
+                let (mut items, commas) = self.sequence(')', depth)?;
+                // As in Python, parentheses around one value without a comma
+                // group it: `(2)` is 2, not a tuple.
+                Ok(match (items.len(), commas) {
+                    (1, 0) => items.remove(0),
+                    _ => Literal::Tuple(items),
+                })
+            }
             Some('[') => self.sequence(']', depth).map(|_| Literal::List),
             Some('{') => self.sequence('}', depth).map(|_| Literal::Dict),
             Some(c) if c.is_ascii_digit() => self.integer(),
@@ -130,15 +143,17 @@ impl Parser<'_> {
         }
     }
 
-    /// A tuple, list or dict body up to `close`. Dict entries are read as a
-    /// flat sequence of keys and values, which is enough to skip over them.
-    fn sequence(&mut self, close: char, depth: usize) -> Result<Vec<Literal>, String> {
+    /// A tuple, list or dict body up to `close`, with the number of commas in it.
+    /// Dict entries are read as a flat sequence of keys and values, which is
+    /// enough to skip over them.
+    fn sequence(&mut self, close: char, depth: usize) -> Result<(Vec<Literal>, usize), String> {
         self.pos += 1; // the opening bracket
         let mut items = Vec::new();
+        let mut commas = 0;
         loop {
             self.skip_space();
             if self.eat(close) {
-                return Ok(items);
+                return Ok((items, commas));
             }
             items.push(self.nested_value(depth + 1)?);
             self.skip_space();
@@ -148,43 +163,104 @@ impl Parser<'_> {
             if !self.eat(',') {
                 self.skip_space();
                 self.expect(close)?;
-                return Ok(items);
+                return Ok((items, commas));
             }
+            commas += 1;
         }
     }
 
+    /// A string literal with Python's escapes; like Python, a line break inside
+    /// one is an error and an unknown escape keeps its backslash.
     fn string(&mut self, quote: char) -> Result<Literal, String> {
         let start = self.pos;
-        self.pos += 1;
+        let unclosed = || format!("the string starting at byte {start} is not closed");
         let mut value = String::new();
-        let mut chars = self.rest().char_indices();
+        let mut chars = self.text[start + 1..].char_indices();
         while let Some((offset, c)) = chars.next() {
             match c {
-                '\\' => match chars.next() {
-                    Some((_, escaped)) => value.push(escaped),
-                    None => break,
-                },
+                '\\' => {
+                    let (_, escaped) = chars.next().ok_or_else(unclosed)?;
+                    match escaped {
+                        '\n' => {} // a continued line
+                        '\\' | '\'' | '"' => value.push(escaped),
+                        'n' => value.push('\n'),
+                        'r' => value.push('\r'),
+                        't' => value.push('\t'),
+                        'a' => value.push('\x07'),
+                        'b' => value.push('\x08'),
+                        'f' => value.push('\x0c'),
+                        'v' => value.push('\x0b'),
+                        '0'..='7' => {
+                            let mut code = escaped.to_digit(8).unwrap_or(0);
+                            for _ in 0..2 {
+                                match chars.clone().next().and_then(|(_, c)| c.to_digit(8)) {
+                                    Some(digit) => {
+                                        code = code * 8 + digit;
+                                        chars.next();
+                                    }
+                                    None => break,
+                                }
+                            }
+                            // At most 0o777: always a character.
+                            value.extend(char::from_u32(code));
+                        }
+                        'x' | 'u' | 'U' => {
+                            let digits = match escaped {
+                                'x' => 2,
+                                'u' => 4,
+                                _ => 8,
+                            };
+                            let hex: String = chars.by_ref().take(digits).map(|(_, c)| c).collect();
+                            let code = (hex.len() == digits)
+                                .then(|| u32::from_str_radix(&hex, 16).ok())
+                                .flatten()
+                                .and_then(char::from_u32)
+                                .ok_or_else(|| {
+                                    format!(
+                                        "the escape \\{escaped}{hex} at byte {} is not valid",
+                                        start + 1 + offset
+                                    )
+                                })?;
+                            value.push(code);
+                        }
+                        other => {
+                            value.push('\\');
+                            value.push(other);
+                        }
+                    }
+                }
+                '\n' | '\r' => return Err(unclosed()),
                 c if c == quote => {
-                    self.pos += offset + 1;
+                    self.pos = start + 1 + offset + 1;
                     return Ok(Literal::Str(value));
                 }
                 c => value.push(c),
             }
         }
-        Err(format!("the string starting at byte {start} is not closed"))
+        Err(unclosed())
     }
 
+    /// A decimal integer as Python writes one: `_` between digits allowed, no
+    /// leading zero before other digits (`007` is a syntax error in Python 3).
     fn integer(&mut self) -> Result<Literal, String> {
-        let digits = self.rest().len()
-            - self
-                .rest()
-                .trim_start_matches(|c: char| c.is_ascii_digit())
+        let rest = self.rest();
+        let len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_digit() || c == '_')
                 .len();
-        let text = &self.rest()[..digits];
-        let value = text
+        let text = &rest[..len];
+        let invalid = || format!("{text} at byte {} is not a Python integer", self.pos);
+        if text.ends_with('_') || text.contains("__") {
+            return Err(invalid());
+        }
+        let digits: String = text.chars().filter(|&c| c != '_').collect();
+        if digits.starts_with('0') && digits.bytes().any(|b| b != b'0') {
+            return Err(invalid());
+        }
+        let value = digits
             .parse()
             .map_err(|_| format!("the integer {text} at byte {} is too large", self.pos))?;
-        self.pos += digits;
+        self.pos += len;
         Ok(Literal::Int(value))
     }
 
@@ -235,6 +311,11 @@ mod tests {
         assert_eq!(values(terse)[0].1, Literal::Tuple(vec![Literal::Int(5)]));
         assert_eq!(values(terse)[1].1, Literal::Bool(true));
         assert_eq!(values("{ 'shape' : ( ) }")[0].1, Literal::Tuple(vec![]));
+        assert_eq!(values("{'shape': (2)}")[0].1, Literal::Int(2));
+        assert_eq!(
+            values("{'shape': ((2),)}")[0].1,
+            Literal::Tuple(vec![Literal::Int(2)])
+        );
         assert_eq!(values("{}"), vec![]);
     }
 
