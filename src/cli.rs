@@ -25,6 +25,8 @@ Examples:
                                             one task per input line, one result line each
   procpool check-worker 'python3 w.py'      check a worker against protocol v1
   procpool run crawl --procs 16             crawl a demo site on 127.0.0.1, 16 fetches at once
+  procpool node --broker redis://db:6379 --queue q   on each machine: serve queue q
+  procpool run primes --broker redis://db:6379 --queue q   its tasks through Redis
 
   procpool bench primes --procs 1,2 -- --limit 1e9   scaling table
 
@@ -86,6 +88,11 @@ pub enum Command {
     /// A private supervisor for one client (the Python package): requests on stdin,
     /// task ends and worker events on stdout, JSON lines (child/PROTOCOL.md).
     Serve(Box<crate::serve::ServeArgs>),
+    /// Serve a queue in Redis as a node: a local pool whose tasks come from the queue
+    /// (`run <workload> --broker URL --queue NAME` puts them there). SIGTERM drains.
+    Node(Box<crate::broker::node::NodeArgs>),
+    /// Show a queue in Redis: tasks waiting, in flight and dead-lettered, and its nodes.
+    Status(crate::broker::status::StatusArgs),
     /// Serve as a built-in worker: tasks on stdin, answers on stdout (protocol v1).
     #[command(hide = true)]
     Worker {
@@ -102,6 +109,10 @@ pub enum Command {
 pub struct RunArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
+    #[command(flatten)]
+    pub broker: crate::broker::BrokerArgs,
+    #[command(flatten)]
+    pub submit: crate::broker::submit::SubmitArgs,
     #[command(subcommand)]
     pub workload: WorkloadArgs,
 }

@@ -1,6 +1,7 @@
 //! `procpool`: run work on a pool of isolated worker processes.
 
 mod bench;
+mod broker;
 mod check_worker;
 mod cli;
 mod gen;
@@ -37,6 +38,8 @@ fn main() -> ExitCode {
         Command::Gen(args) => gen::run(args).map(|_| ExitCode::SUCCESS),
         Command::Run(args) => run::run(*args),
         Command::Serve(args) => serve::serve(*args),
+        Command::Node(args) => broker::node::node(*args),
+        Command::Status(args) => broker::status::status(&args),
     };
     let code = outcome.unwrap_or_else(failure);
     // What is still queued for stderr, unless nobody reads it.

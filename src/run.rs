@@ -32,12 +32,30 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let procs = procs(&args.pool);
     let workload = args.workload.registration;
-    if let (WorkerSide::ChildOnly { usage }, None) = (&workload.worker, &args.pool.child) {
-        return Err(UsageError(usage.to_string()).into());
+    let through_broker = args.broker.target()?.is_some();
+    match (&workload.worker, &args.pool.child, through_broker) {
+        (_, Some(_), true) => {
+            return Err(UsageError(
+                "--child names the nodes' worker: pass it to `procpool node`, not to run --broker"
+                    .into(),
+            )
+            .into())
+        }
+        (WorkerSide::ChildOnly { usage }, None, false) => {
+            return Err(UsageError(usage.to_string()).into())
+        }
+        _ => {}
     }
     let source = (workload.start)(&args.workload.matches, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
         .map_err(|err| UsageError(format!("{err:#}")))?;
+    if through_broker {
+        let queue = args.broker.queue.as_deref().unwrap_or_default();
+        let to_stderr = source.results_on_stdout();
+        let outcome = crate::broker::submit::drive(source, workload, &args.broker, &args.submit)?;
+        outcome.print(args.pool.json, workload, queue, to_stderr)?;
+        return Ok(ExitCode::from(outcome.exit_code()));
+    }
     // A worker beyond the task count would only start and stop (the workload has
     // planned with `procs` all the same: that is its split, not the pool's size).
     let procs = source

@@ -80,6 +80,11 @@ pub trait TaskSource {
     fn total_tasks(&self) -> Option<u64> {
         None
     }
+    /// Why the tasks cannot run on other machines (`run --broker`), if they cannot:
+    /// they name shared memory or files of this one.
+    fn one_machine(&self) -> Option<&'static str> {
+        None
+    }
     /// Descriptors the workers inherit besides the shared arrays'.
     fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {
         Vec::new()

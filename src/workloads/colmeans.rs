@@ -403,6 +403,10 @@ impl Workload for Colmeans {
         })
     }
 
+    fn one_machine(&self) -> Option<&'static str> {
+        Some("its tasks are byte ranges of a file on this machine")
+    }
+
     fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {
         self.generated
             .iter()

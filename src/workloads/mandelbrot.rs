@@ -168,6 +168,10 @@ impl Workload for Mandelbrot {
         Some(self.view.height.div_ceil(self.rows_per_task) as u64)
     }
 
+    fn one_machine(&self) -> Option<&'static str> {
+        Some("its workers write the image into shared memory on this machine")
+    }
+
     fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
         vec![SharedArrayUse::writable("image", &self.image)]
     }

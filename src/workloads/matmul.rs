@@ -281,6 +281,10 @@ impl Workload for Matmul {
         Some(self.a.shape()[0].div_ceil(self.block) as u64)
     }
 
+    fn one_machine(&self) -> Option<&'static str> {
+        Some("its workers read A and B and write C in shared memory on this machine")
+    }
+
     fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
         vec![
             SharedArrayUse::read_only("a", &self.a),

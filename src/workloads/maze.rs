@@ -405,6 +405,15 @@ impl Workload for Mazes {
         }
     }
 
+    fn one_machine(&self) -> Option<&'static str> {
+        match self {
+            Mazes::Many(_) => None,
+            Mazes::Big(_) => {
+                Some("--big keeps the maze and its frontiers in shared memory on this machine")
+            }
+        }
+    }
+
     fn shared_arrays(&self) -> Vec<SharedArrayUse<'_>> {
         match self {
             Mazes::Many(_) => Vec::new(),

@@ -63,6 +63,10 @@ pub trait Workload: Sized + 'static {
     fn total_tasks(&self) -> Option<u64> {
         None
     }
+    /// Why its tasks cannot run on other machines (`run --broker`), if they cannot.
+    fn one_machine(&self) -> Option<&'static str> {
+        None
+    }
     /// Descriptors its workers inherit besides the shared arrays', to open as
     /// `/proc/self/fd/N` (a file that has no name any more).
     fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {
@@ -114,6 +118,10 @@ impl<W: Workload> TaskSource for Planned<W> {
 
     fn total_tasks(&self) -> Option<u64> {
         self.0.total_tasks()
+    }
+
+    fn one_machine(&self) -> Option<&'static str> {
+        self.0.one_machine()
     }
 
     fn inherited_fds(&self) -> Vec<Arc<OwnedFd>> {

@@ -1,0 +1,385 @@
+//! Many machines through Redis: nodes (separate `procpool node` processes on this
+//! machine) serve a queue that `run --broker` fills. Each test uses a queue of its
+//! own on the Redis named by `PROCPOOL_REDIS_URL` (`.ci/run` starts a private one);
+//! without it the tests that need Redis skip, unless `PROCPOOL_REQUIRE_REDIS=1`.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+mod util;
+use util::{protocol_worker, result_lines, wait_until, Procpool, Running};
+
+/// The Redis to test against, or `None` (the test then passes, saying it skipped).
+fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("PROCPOOL_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("PROCPOOL_REQUIRE_REDIS").as_deref() != Ok("1"),
+                "{test}: Redis is required (PROCPOOL_REQUIRE_REDIS=1) but PROCPOOL_REDIS_URL is unset"
+            );
+            println!("SKIPPED {test}: PROCPOOL_REDIS_URL is unset");
+            None
+        }
+    }
+}
+
+/// A queue name no other test (or earlier run) uses.
+fn fresh_queue(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_nanos();
+    format!("{test}-{}-{nanos}", std::process::id())
+}
+
+/// The worker the `run tasks` tests' nodes run: doubles a number after `SLEEP`
+/// seconds; the input "poison" kills the node it runs on (its supervisor), as a
+/// task that brings a whole machine down would.
+const WORKER: &str = r#"if m["input"] == "poison":
+    os.kill(os.getppid(), 9)
+    time.sleep(60)
+time.sleep(float(os.environ.get("SLEEP", "0")))
+send({"type": "result", "id": m["id"], "output": m["input"] * 2})"#;
+
+/// `procpool node` on `queue`, with `args` after the pool options.
+fn node(url: &str, queue: &str, args: &[&str]) -> Running {
+    Procpool::new(
+        ["node", "--broker", url, "--queue", queue]
+            .iter()
+            .chain(args),
+    )
+    .timeout(Duration::from_secs(120))
+    .spawn()
+}
+
+fn child_node(url: &str, queue: &str, sleep: &str, args: &[&str]) -> Running {
+    let node = Procpool::new(
+        [
+            "node",
+            "--broker",
+            url,
+            "--queue",
+            queue,
+            "--child",
+            "python3 w.py",
+        ]
+        .iter()
+        .chain(args),
+    )
+    .write("w.py", protocol_worker(WORKER))
+    .env("SLEEP", sleep)
+    .timeout(Duration::from_secs(120));
+    node.spawn()
+}
+
+/// `run tasks` through the queue with `input` as its input lines (no --child: the
+/// nodes have it).
+fn submit(input: &str, args: &[&str]) -> Procpool {
+    Procpool::new(["run", "tasks", "--input", "in.txt"].iter().chain(args)).write("in.txt", input)
+}
+
+/// SIGTERM drains a node: it exits 0.
+fn stop(node: Running) -> util::Output {
+    node.signal(Signal::SIGTERM);
+    node.wait(0)
+}
+
+fn status(url: &str, queue: &str) -> Value {
+    Procpool::new(["status", "--broker", url, "--queue", queue, "--json"])
+        .run(0)
+        .json()
+}
+
+fn numbers(count: usize) -> String {
+    (0..count).map(|i| format!("{i}\n")).collect()
+}
+
+/// Each input's output, checking that no input came back twice.
+fn outputs_by_input(stdout: &str) -> Vec<(i64, i64)> {
+    let mut pairs: Vec<(i64, i64)> = result_lines(stdout)
+        .iter()
+        .map(|line| {
+            let input = line["input"].as_i64().expect("a numeric input");
+            (input, line["output"].as_i64().unwrap_or(-1))
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs
+}
+
+fn doubled(count: usize) -> Vec<(i64, i64)> {
+    (0..count as i64).map(|i| (i, 2 * i)).collect()
+}
+
+#[test]
+fn primes_through_three_nodes_match_the_local_count_with_each_task_counted_once() {
+    let Some(url) = redis_url("primes_through_three_nodes") else {
+        return;
+    };
+    let queue = fresh_queue("primes");
+    let nodes: Vec<Running> = (0..3)
+        .map(|_| node(&url, &queue, &["--procs", "1"]))
+        .collect();
+    let local = Procpool::new(["run", "primes", "--limit", "3e7", "--procs", "2", "--json"])
+        .run(0)
+        .json();
+    let remote = Procpool::new([
+        "run", "primes", "--limit", "3e7", "--json", "--broker", &url, "--queue", &queue,
+    ])
+    .run(0)
+    .json();
+    assert_eq!(
+        remote["result"]["count"], local["result"]["count"],
+        "{remote}"
+    );
+    assert_eq!(remote["tasks_ok"], remote["tasks_total"], "{remote}");
+    assert_eq!(remote["duplicates_dropped"], 0, "{remote}");
+    let shown = status(&url, &queue);
+    let alive = shown["nodes"]
+        .as_array()
+        .expect("status lists nodes")
+        .iter()
+        .filter(|node| node["alive"] == true)
+        .count();
+    assert_eq!(alive, 3, "{shown}");
+    assert_eq!(shown["waiting"], 0, "{shown}");
+    assert_eq!(shown["in_flight"], 0, "{shown}");
+    assert_eq!(shown["workload"], "primes", "{shown}");
+    // Every node drained on SIGTERM and left the queue's list of nodes.
+    for node in nodes {
+        stop(node);
+    }
+    assert_eq!(status(&url, &queue)["nodes"], serde_json::json!([]));
+    // A queue runs one workload: another is refused, naming it.
+    let other = Procpool::new(["run", "noop", "--broker", &url, "--queue", &queue]).run(2);
+    assert!(
+        other.stderr.contains("queue") && other.stderr.contains("runs workload primes"),
+        "{other}"
+    );
+}
+
+#[test]
+fn run_tasks_streams_through_the_queue_as_it_does_locally_ordered_included() {
+    let Some(url) = redis_url("run_tasks_streams") else {
+        return;
+    };
+    let queue = fresh_queue("tasks");
+    let nodes: Vec<Running> = (0..2)
+        .map(|_| child_node(&url, &queue, "0", &["--procs", "2"]))
+        .collect();
+    let output = submit(
+        &numbers(300),
+        &["--ordered", "--broker", &url, "--queue", &queue],
+    )
+    .run(0);
+    let lines = result_lines(&output.stdout);
+    let inputs: Vec<i64> = lines.iter().map(|l| l["input"].as_i64().unwrap()).collect();
+    assert_eq!(
+        inputs,
+        (0..300).collect::<Vec<_>>(),
+        "in input order\n{output}"
+    );
+    assert_eq!(outputs_by_input(&output.stdout), doubled(300));
+    for node in nodes {
+        stop(node);
+    }
+}
+
+#[test]
+fn a_node_killed_mid_run_has_its_tasks_done_elsewhere_within_the_lease() {
+    let Some(url) = redis_url("a_node_killed_mid_run") else {
+        return;
+    };
+    let queue = fresh_queue("killed");
+    let victim = child_node(&url, &queue, "0.1", &["--procs", "2", "--lease", "1"]);
+    let survivor = child_node(&url, &queue, "0.1", &["--procs", "2", "--lease", "1"]);
+    let run = submit(&numbers(60), &["--broker", &url, "--queue", &queue]).spawn();
+    // Once the victim holds tasks, kill it outright (its workers follow by PDEATHSIG).
+    let holds_tasks = wait_until(Duration::from_secs(20), || {
+        status(&url, &queue)["in_flight"].as_u64() > Some(2)
+    });
+    assert!(holds_tasks, "the queue never had tasks in flight");
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = Instant::now();
+    victim.signal(Signal::SIGKILL);
+    let output = run.wait(0);
+    // 60 tasks of 0.1 s on 2 workers take 3 s at most once the lease (1 s) is out.
+    assert!(killed_at.elapsed() < Duration::from_secs(8), "{output}");
+    assert_eq!(outputs_by_input(&output.stdout), doubled(60), "{output}");
+    drop(victim);
+    stop(survivor);
+}
+
+#[test]
+fn a_node_stopped_past_its_lease_loses_its_tasks_and_nothing_is_counted_twice() {
+    let Some(url) = redis_url("a_node_stopped_past_its_lease") else {
+        return;
+    };
+    let queue = fresh_queue("stopped");
+    let sleeper = child_node(&url, &queue, "0.5", &["--procs", "2", "--lease", "1"]);
+    let wait_for_held = wait_until(Duration::from_secs(20), || {
+        let shown = status(&url, &queue);
+        shown["nodes"]
+            .as_array()
+            .is_some_and(|nodes| !nodes.is_empty())
+    });
+    assert!(wait_for_held, "the node never showed up");
+    let run = submit(
+        &numbers(20),
+        &["--broker", &url, "--queue", &queue, "--json"],
+    )
+    .spawn();
+    let holds = wait_until(Duration::from_secs(20), || {
+        status(&url, &queue)["in_flight"].as_u64() > Some(0)
+    });
+    assert!(holds, "the node never took tasks");
+    // Frozen past its lease: another node takes its tasks over; thawed, its late
+    // ends are stale and dropped.
+    sleeper.signal(Signal::SIGSTOP);
+    let helper = child_node(&url, &queue, "0", &["--procs", "2", "--lease", "1"]);
+    std::thread::sleep(Duration::from_secs(3));
+    sleeper.signal(Signal::SIGCONT);
+    let output = run.wait(0);
+    assert_eq!(outputs_by_input(&output.stdout), doubled(20), "{output}");
+    let report: Value = output
+        .stderr
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .expect("the --json report on stderr");
+    assert_eq!(report["tasks_ok"], 20, "{report}");
+    let sleeper = stop(sleeper);
+    assert!(
+        sleeper.stderr.contains("lost the lease") || sleeper.stderr.contains("dropped"),
+        "the thawed node noticed it lost its tasks\n{sleeper}"
+    );
+    stop(helper);
+}
+
+#[test]
+fn a_poison_task_that_kills_its_nodes_is_dead_lettered_and_the_run_goes_on() {
+    let Some(url) = redis_url("a_poison_task") else {
+        return;
+    };
+    let queue = fresh_queue("poison");
+    let options = ["--procs", "1", "--lease", "1", "--max-attempts", "2"];
+    let mut nodes: Vec<Running> = (0..3)
+        .map(|_| child_node(&url, &queue, "0", &options))
+        .collect();
+    let mut input = numbers(10);
+    input.push_str("\"poison\"\n");
+    let output = submit(&input, &["--broker", &url, "--queue", &queue])
+        .timeout(Duration::from_secs(60))
+        .run(1);
+    assert!(
+        output.stderr.contains("dead-lettered after 2 deliveries"),
+        "{output}"
+    );
+    assert!(output.stdout.contains("dead-lettered"), "{output}");
+    assert_eq!(status(&url, &queue)["dead_lettered"], 1);
+    // Two nodes died on it; the third dead-lettered it and is still serving.
+    let survivors: Vec<Running> = nodes
+        .drain(..)
+        .filter_map(|mut n| n.is_running().then_some(n))
+        .collect();
+    assert_eq!(survivors.len(), 1);
+    for node in survivors {
+        stop(node);
+    }
+}
+
+#[test]
+fn ctrl_c_on_the_submitter_withdraws_its_waiting_tasks() {
+    let Some(url) = redis_url("ctrl_c_on_the_submitter") else {
+        return;
+    };
+    let queue = fresh_queue("interrupted");
+    let slow = child_node(&url, &queue, "0.2", &["--procs", "1"]);
+    let run = submit(&numbers(200), &["--broker", &url, "--queue", &queue]).spawn();
+    let started = wait_until(Duration::from_secs(20), || {
+        status(&url, &queue)["in_flight"].as_u64() > Some(0)
+    });
+    assert!(started, "no task was ever taken");
+    run.signal(Signal::SIGINT);
+    let output = run.wait(130);
+    assert!(output.stderr.contains("not run"), "{output}");
+    // Only what the node held is left, and it goes once finished.
+    let drained = wait_until(Duration::from_secs(10), || {
+        let shown = status(&url, &queue);
+        shown["waiting"] == 0 && shown["in_flight"] == 0
+    });
+    assert!(drained, "{}", status(&url, &queue));
+    stop(slow);
+}
+
+#[test]
+fn a_node_drains_on_sigterm_finishing_what_it_holds() {
+    let Some(url) = redis_url("a_node_drains_on_sigterm") else {
+        return;
+    };
+    let queue = fresh_queue("drain");
+    let node = child_node(&url, &queue, "1", &["--procs", "2", "--prefetch", "1"]);
+    let run = submit(&numbers(4), &["--broker", &url, "--queue", &queue]).spawn();
+    let busy = wait_until(Duration::from_secs(20), || {
+        status(&url, &queue)["in_flight"].as_u64() >= Some(2)
+    });
+    assert!(busy, "the node never took two tasks");
+    let drained = stop(node);
+    assert!(drained.stderr.contains("draining"), "{drained}");
+    // Its two tasks ended and were acknowledged; a new node does the other two.
+    let fresh = child_node(&url, &queue, "0", &["--procs", "2"]);
+    let output = run.wait(0);
+    assert_eq!(outputs_by_input(&output.stdout), doubled(4), "{output}");
+    stop(fresh);
+}
+
+#[test]
+fn broker_mistakes_are_usage_errors_with_what_to_do() {
+    // No Redis needed: each is refused before or at connecting.
+    let matmul = Procpool::new([
+        "run",
+        "matmul",
+        "--n",
+        "64",
+        "--broker",
+        "redis://127.0.0.1:1",
+        "--queue",
+        "q",
+    ])
+    .run(2);
+    assert!(
+        matmul.stderr.contains("cannot use --broker") && matmul.stderr.contains("shared memory"),
+        "{matmul}"
+    );
+    let unreachable = Procpool::new([
+        "run",
+        "primes",
+        "--broker",
+        "redis://:secret@127.0.0.1:1",
+        "--queue",
+        "q",
+    ])
+    .run(2);
+    assert!(
+        unreachable
+            .stderr
+            .contains("cannot reach Redis at redis://:***@127.0.0.1:1"),
+        "{unreachable}"
+    );
+    assert!(!unreachable.stderr.contains("secret"), "{unreachable}");
+    let no_queue = Procpool::new(["run", "primes", "--broker", "redis://127.0.0.1:1"]).run(2);
+    assert!(
+        no_queue.stderr.contains("--broker needs --queue"),
+        "{no_queue}"
+    );
+    let bad_queue =
+        Procpool::new(["node", "--broker", "redis://127.0.0.1:1", "--queue", "a b"]).run(2);
+    assert!(
+        bad_queue.stderr.contains("is not a queue name"),
+        "{bad_queue}"
+    );
+    let no_broker = Procpool::new(["node"]).env_remove("PROCPOOL_BROKER").run(2);
+    assert!(no_broker.stderr.contains("needs --broker"), "{no_broker}");
+}
