@@ -32,8 +32,9 @@ use crate::run::UsageError;
 #[command(next_help_heading = "Broker options")]
 pub struct BrokerArgs {
     /// The Redis to go through: redis://[:PASSWORD@]HOST[:PORT][/DB] (or
-    /// redis+unix:///PATH); the password is never printed
-    #[arg(long, global = true, env = "PROCPOOL_BROKER", value_name = "URL")]
+    /// redis+unix:///PATH); with --queue alone, PROCPOOL_BROKER; the password is never
+    /// printed
+    #[arg(long, global = true, value_name = "URL")]
     pub broker: Option<String>,
     /// The queue's name (letters, digits, `.`, `_`, `-`; at most 64)
     #[arg(long, global = true, value_name = "NAME", value_parser = parse_queue)]
@@ -45,16 +46,26 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
-    /// The URL and queue, both needed once either is given.
-    pub fn target(&self) -> Result<Option<(&str, &str)>> {
+    /// The URL and queue, both needed once either is given; the URL from
+    /// `PROCPOOL_BROKER` when only `--queue` is (so that the variable alone never
+    /// turns a local run into a broker run).
+    pub fn target(&self) -> Result<Option<(String, &str)>> {
+        let from_env = || {
+            std::env::var("PROCPOOL_BROKER")
+                .ok()
+                .filter(|url| !url.is_empty())
+        };
         match (&self.broker, &self.queue) {
             (None, None) => Ok(None),
-            (Some(url), Some(queue)) => Ok(Some((url, queue))),
+            (Some(url), Some(queue)) => Ok(Some((url.clone(), queue))),
             (Some(_), None) => Err(UsageError("--broker needs --queue NAME".into()).into()),
-            (None, Some(_)) => Err(UsageError(
-                "--queue needs --broker URL (or PROCPOOL_BROKER in the environment)".into(),
-            )
-            .into()),
+            (None, Some(queue)) => match from_env() {
+                Some(url) => Ok(Some((url, queue))),
+                None => Err(UsageError(
+                    "--queue needs --broker URL (or PROCPOOL_BROKER in the environment)".into(),
+                )
+                .into()),
+            },
         }
     }
 }
