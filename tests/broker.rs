@@ -288,7 +288,11 @@ fn a_poison_task_that_kills_its_nodes_is_dead_lettered_and_the_run_goes_on() {
         .drain(..)
         .filter_map(|mut n| n.is_running().then_some(n))
         .collect();
-    assert!((1..=2).contains(&survivors.len()), "{} nodes alive", survivors.len());
+    assert!(
+        (1..=2).contains(&survivors.len()),
+        "{} nodes alive",
+        survivors.len()
+    );
     for node in survivors {
         stop(node);
     }
@@ -579,5 +583,40 @@ fn a_million_tiny_tasks_pass_through_a_bounded_redis() {
     // a few MB, where the whole input would take hundreds.
     let peak = redis.peak_memory();
     assert!(peak < 32 << 20, "Redis peaked at {peak} bytes");
+    stop(node);
+}
+
+#[test]
+fn a_submitter_killed_outright_resumes_with_each_input_once() {
+    let Some(url) = redis_url("a_submitter_killed_outright_resumes") else {
+        return;
+    };
+    let queue = fresh_queue("resumed");
+    let node = child_node(&url, &queue, "0.01", &["--procs", "2"]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("in.txt"), numbers(300)).expect("writing the input");
+    let args = [
+        "--broker",
+        &url,
+        "--queue",
+        &queue,
+        "--output",
+        "out.jsonl",
+        "--resume",
+    ];
+    let written = || {
+        std::fs::read_to_string(dir.path().join("out.jsonl")).map_or(0, |text| text.lines().count())
+    };
+    // Killed twice at different points, then left to finish.
+    for at_least in [50, 150] {
+        let run = submit("", &args).in_dir(dir.path()).spawn();
+        assert!(wait_until(Duration::from_secs(30), || written() >= at_least));
+        run.signal(Signal::SIGKILL);
+        drop(run);
+    }
+    let output = submit("", &args).in_dir(dir.path()).run(0);
+    assert!(output.stdout.contains("had results already"), "{output}");
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("the output");
+    assert_eq!(outputs_by_input(&text), doubled(300), "{output}");
     stop(node);
 }

@@ -39,6 +39,9 @@ const READ_BLOCK_MS: u64 = 50;
 /// killed outright stops receiving results after this.
 const RUN_KEY_TTL_S: u64 = 60;
 const RUN_KEY_RENEWAL: Duration = Duration::from_secs(10);
+/// Ends written after the run's key expired are dropped; those written before it go
+/// with the stream this long after the last renewal.
+const RESULTS_TTL_S: u64 = 2 * RUN_KEY_TTL_S;
 
 /// How a broker run ended, for the printer.
 pub struct BrokerOutcome {
@@ -268,13 +271,21 @@ fn run_id() -> String {
     format!("{mixed:016x}")
 }
 
+/// Renews the run's key, and its results stream's expiry: a submitter killed outright
+/// leaves neither behind for long.
 fn renew_run_key(broker: &mut Broker, keys: &Keys, run: &str) -> Result<()> {
     broker.call(|connection| {
-        redis::cmd("SET")
+        redis::pipe()
+            .cmd("SET")
             .arg(keys.run(run))
             .arg(std::process::id())
             .arg("EX")
             .arg(RUN_KEY_TTL_S)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(keys.results(run))
+            .arg(RESULTS_TTL_S)
+            .ignore()
             .query::<()>(connection)
     })
 }
