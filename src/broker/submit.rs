@@ -495,14 +495,17 @@ impl BrokerOutcome {
             writeln!(
                 text,
                 "tasks: {} ok, {} error, {} failed, {} not run ({} retries, {} duplicate ends \
-                 dropped) through queue {queue} ({} nodes alive)",
+                 dropped) through queue {queue} ({} alive)",
                 report.tasks_ok,
                 report.tasks_error,
                 report.tasks_failed,
                 report.tasks_not_run,
                 report.retries,
                 self.duplicates,
-                self.nodes,
+                match self.nodes {
+                    1 => "1 node".to_string(),
+                    many => format!("{many} nodes"),
+                },
             )?;
             writeln!(
                 text,
