@@ -419,23 +419,10 @@ impl PrivateRedis {
     /// `None` (the test skips) when there is no `redis-server`, unless Redis is
     /// required.
     fn start(test: &str, aof: bool) -> Option<PrivateRedis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            assert!(
-                std::env::var("PROCPOOL_REQUIRE_REDIS").as_deref() != Ok("1"),
-                "{test}: Redis is required (PROCPOOL_REQUIRE_REDIS=1) but redis-server is not on PATH"
-            );
-            println!("SKIPPED {test}: no redis-server on PATH");
+        if !redis_server_available(test) {
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().expect("a temp dir");
         let server = spawn_redis(dir.path(), port, aof);
         let redis = PrivateRedis {
@@ -489,6 +476,31 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether `redis-server` is on PATH; when not, the test skips unless Redis is
+/// required.
+fn redis_server_available(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        assert!(
+            std::env::var("PROCPOOL_REQUIRE_REDIS").as_deref() != Ok("1"),
+            "{test}: Redis is required (PROCPOOL_REQUIRE_REDIS=1) but redis-server is not on PATH"
+        );
+        println!("SKIPPED {test}: no redis-server on PATH");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 fn spawn_redis(dir: &Path, port: u16, aof: bool) -> Child {
@@ -619,4 +631,138 @@ fn a_submitter_killed_outright_resumes_with_each_input_once() {
     let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("the output");
     assert_eq!(outputs_by_input(&text), doubled(300), "{output}");
     stop(node);
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it, in `dir`, with the
+/// openssl command: `None` if there is none (the test skips unless Redis is required).
+fn test_certificates(test: &str, dir: &Path) -> Option<()> {
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !openssl(&["version"]) {
+        assert!(
+            std::env::var("PROCPOOL_REQUIRE_REDIS").as_deref() != Ok("1"),
+            "{test}: the TLS test needs the openssl command"
+        );
+        println!("SKIPPED {test}: no openssl command");
+        return None;
+    }
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").expect("writing");
+    let made = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=procpool test CA",
+    ]) && openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+    ]);
+    assert!(made, "openssl could not make the test certificates");
+    Some(())
+}
+
+#[test]
+fn rediss_runs_through_tls_trusting_the_given_ca_and_refuses_an_unknown_one() {
+    let test = "rediss_runs_through_tls";
+    let dir = tempfile::tempdir().expect("a temp dir");
+    if !redis_server_available(test) || test_certificates(test, dir.path()).is_none() {
+        return;
+    }
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            "ca.crt",
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting redis-server with TLS");
+    let up = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "redis-server with TLS never came up");
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let ca = dir.path().join("ca.crt");
+    let ca = ca.to_str().expect("a UTF-8 path");
+    let node = node(&url, "tls", &["--procs", "2", "--broker-ca", ca]);
+    let remote = Procpool::new([
+        "run",
+        "primes",
+        "--limit",
+        "1e7",
+        "--json",
+        "--broker",
+        &url,
+        "--queue",
+        "tls",
+        "--broker-ca",
+        ca,
+    ])
+    .run(0)
+    .json();
+    assert_eq!(remote["result"]["count"], 664_579, "{remote}");
+    // The system's roots do not know the test CA: refused, saying why.
+    let untrusted = Procpool::new(["status", "--broker", &url, "--queue", "tls"]).run(2);
+    assert!(untrusted.stderr.contains("certificate"), "{untrusted}");
+    stop(node);
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -19,6 +19,7 @@ pub mod node;
 pub mod status;
 pub mod submit;
 
+use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,10 @@ pub struct BrokerArgs {
     /// backoff meanwhile, in seconds
     #[arg(long, global = true, default_value = "30", value_parser = parse::positive_seconds)]
     pub broker_timeout: Duration,
+    /// With rediss://: trust the Redis server's certificate if this CA (a PEM file)
+    /// signed it [default: the system's trusted roots]
+    #[arg(long, global = true, value_name = "PEM")]
+    pub broker_ca: Option<PathBuf>,
 }
 
 impl BrokerArgs {
@@ -153,17 +158,18 @@ pub struct Broker {
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Broker {
-    /// Connects to `url`, or says why not as a usage error (exit 2): a bad URL, or a
+    /// Connects to `url` (TLS for rediss://, trusting `--broker-ca` or the system's
+    /// roots), or says why not as a usage error (exit 2): a bad URL or CA file, or a
     /// Redis that cannot be reached or is too old for consumer-group streams.
-    pub fn connect(url: &str, timeout: Duration) -> Result<Broker> {
+    pub fn connect(url: &str, args: &BrokerArgs) -> Result<Broker> {
         let shown = redacted(url);
-        let client = redis::Client::open(url)
+        let client = client(url, args.broker_ca.as_deref())
             .map_err(|err| UsageError(format!("--broker {shown}: {err}")))?;
         let mut broker = Broker {
             client,
             connection: None,
             url: shown.clone(),
-            timeout,
+            timeout: args.broker_timeout,
             reconnected: false,
         };
         let connection = broker.open().map_err(|err| {
@@ -259,6 +265,29 @@ impl Broker {
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+fn client(url: &str, ca: Option<&std::path::Path>) -> Result<redis::Client> {
+    if url.starts_with("rediss://") {
+        // ring, not aws-lc-rs: a small C build on 2-core CI machines. rustls 0.23.48
+        // deprecates ring's provider for lacking post-quantum key exchange, which a
+        // Redis connection does without. Installed once per process (a second call
+        // finds it there, which is fine).
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    Ok(match ca {
+        None => redis::Client::open(url)?,
+        Some(path) => {
+            let root_cert = std::fs::read(path)
+                .map_err(|err| anyhow!("--broker-ca {}: {err}", path.display()))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            redis::Client::build_with_tls(url, certificates)?
+        }
+    })
 }
 
 fn is_interrupted(err: &redis::RedisError) -> bool {

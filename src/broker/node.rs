@@ -139,7 +139,7 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
         .into());
     };
     let keys = Keys::new(queue);
-    let mut broker = Broker::connect(&url, args.broker.broker_timeout)?;
+    let mut broker = Broker::connect(&url, &args.broker)?;
     ensure_group(&mut broker, &keys)?;
     let name = args.name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

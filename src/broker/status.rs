@@ -30,7 +30,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode> {
         .into());
     };
     let keys = Keys::new(queue);
-    let mut broker = Broker::connect(&url, args.broker.broker_timeout)?;
+    let mut broker = Broker::connect(&url, &args.broker)?;
     let report = queue_report(&mut broker, &keys, queue)?;
     if args.json {
         println!("{report}");

@@ -79,7 +79,7 @@ pub fn drive(
         .into());
     }
     let keys = Keys::new(queue);
-    let mut broker = Broker::connect(&url, broker_args.broker_timeout)?;
+    let mut broker = Broker::connect(&url, broker_args)?;
     ensure_group(&mut broker, &keys)?;
     claim_queue(&mut broker, &keys, queue, workload.name)?;
     let run = run_id();
