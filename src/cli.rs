@@ -241,6 +241,11 @@ pub struct PoolArgs {
     /// Print no worker events, only the summary and errors.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Print a progress line (done of total, rate, ETA) on stderr every 2 seconds
+    /// where there is no live table: stderr not a terminal (CI logs, nohup), or results
+    /// streaming to the terminal.
+    #[arg(long, global = true)]
+    pub progress: bool,
 }
 
 /// `--max-line` as a workload sees it in its own options (a global option is handed

@@ -1,7 +1,7 @@
 //! `procpool run`: builds the pool for a workload, feeds it, reports.
 
 use std::cell::RefCell;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -70,8 +70,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             ArraySpec::of(shared.array, shared.writable),
         );
     }
-    let status = Rc::new(RefCell::new(Status::new(args.pool.quiet)));
-    if status.borrow().is_live() {
+    let results_on_terminal = source.results_on_stdout() && std::io::stdout().is_terminal();
+    let status = Rc::new(RefCell::new(Status::new(
+        args.pool.quiet,
+        args.pool.progress,
+        results_on_terminal,
+    )));
+    if status.borrow().draws() {
         config.tick = Some(REDRAW_EVERY);
     }
     let log_status = Rc::clone(&status);

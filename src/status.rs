@@ -1,5 +1,6 @@
 //! What a person sees on stderr while a run goes: log lines and worker events, and —
-//! when stderr is a terminal — a worker table with a progress bar, redrawn in place.
+//! when stderr is a terminal — a worker table with a progress bar, redrawn in place;
+//! with `--progress` where there is no table, a plain progress line now and then.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -8,12 +9,16 @@ use procpool_supervisor::{stderr_queue, WorkerStatus};
 
 /// How often the live table is redrawn.
 pub const REDRAW_EVERY: Duration = Duration::from_millis(200);
+/// How often `--progress` prints its line where there is no live table.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Owns stderr for the run, so log lines and the live table never interleave. All of
 /// it goes through [`stderr_queue`], so a stderr nobody reads never stalls the pool.
 pub struct Status {
     live: bool,
     quiet: bool,
+    /// `--progress` without a live table: when the last progress line was printed.
+    progress_lines: Option<Instant>,
     /// Lines of the table currently on screen (erased before anything else is printed).
     drawn: usize,
     /// The table as last drawn, put back under every line printed above it, so that a
@@ -23,19 +28,25 @@ pub struct Status {
 }
 
 impl Status {
-    /// A live table only on a terminal, and not with `--quiet`.
-    pub fn new(quiet: bool) -> Status {
+    /// A live table only on a terminal, not with `--quiet`, and not when results
+    /// stream to the same terminal (the table would overwrite them); `progress` asks
+    /// for plain progress lines wherever there is no table.
+    pub fn new(quiet: bool, progress: bool, results_on_terminal: bool) -> Status {
+        let live = !quiet && !results_on_terminal && std::io::stderr().is_terminal();
+        let started = Instant::now();
         Status {
-            live: !quiet && std::io::stderr().is_terminal(),
+            live,
             quiet,
+            progress_lines: (progress && !live).then_some(started),
             drawn: 0,
             frame: String::new(),
-            started: Instant::now(),
+            started,
         }
     }
 
-    pub fn is_live(&self) -> bool {
-        self.live
+    /// Whether [`draw`](Status::draw) shows anything (the pool then ticks for it).
+    pub fn draws(&self) -> bool {
+        self.live || self.progress_lines.is_some()
     }
 
     /// A worker's log line (always shown, even with `--quiet`: it is the worker's voice).
@@ -64,8 +75,16 @@ impl Status {
         stderr_queue::write(&text);
     }
 
-    /// Redraws the worker table and progress bar (only on a terminal).
+    /// Redraws the worker table and progress bar (only on a terminal), or prints the
+    /// plain progress line when it is due.
     pub fn draw(&mut self, workers: &[WorkerStatus], done: u64, total: Option<u64>) {
+        if let Some(last) = self.progress_lines {
+            if last.elapsed() >= PROGRESS_EVERY {
+                self.progress_lines = Some(Instant::now());
+                let line = plain_progress(done, total, self.started.elapsed());
+                stderr_queue::write(&format!("procpool: {line}\n"));
+            }
+        }
         if !self.live {
             return;
         }
@@ -181,9 +200,46 @@ fn progress_line(done: u64, total: Option<u64>, elapsed: Duration) -> String {
     )
 }
 
+/// `--progress` as one line for logs: done (of total), rate, and the ETA when the
+/// total is known.
+fn plain_progress(done: u64, total: Option<u64>, elapsed: Duration) -> String {
+    let elapsed_s = elapsed.as_secs_f64();
+    let rate = done as f64 / elapsed_s.max(1e-9);
+    match total.filter(|&total| total > 0) {
+        Some(total) => {
+            let left = total.saturating_sub(done) as f64;
+            let eta = match done {
+                0 => "?".to_string(),
+                _ => format!("{:.0}s", left / rate),
+            };
+            format!(
+                "{done}/{total} tasks ({:.0}%), {rate:.0}/s, elapsed {elapsed_s:.0}s, ETA {eta}",
+                done as f64 / total as f64 * 100.0
+            )
+        }
+        None => format!("{done} tasks done, {rate:.0}/s, elapsed {elapsed_s:.0}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_progress_line_gives_rate_and_eta() {
+        assert_eq!(
+            plain_progress(250, Some(1000), Duration::from_secs(5)),
+            "250/1000 tasks (25%), 50/s, elapsed 5s, ETA 15s"
+        );
+        assert_eq!(
+            plain_progress(0, Some(10), Duration::from_secs(1)),
+            "0/10 tasks (0%), 0/s, elapsed 1s, ETA ?"
+        );
+        assert_eq!(
+            plain_progress(30, None, Duration::from_secs(3)),
+            "30 tasks done, 10/s, elapsed 3s"
+        );
+    }
 
     fn worker(slot: usize, state: &'static str) -> WorkerStatus {
         WorkerStatus {

@@ -461,3 +461,55 @@ fn a_pipe_whose_writer_is_gone_is_read_to_its_end() {
         .wait(0);
     assert_eq!(result_lines(&output.stdout).len(), 3, "{output}");
 }
+
+#[test]
+fn progress_prints_plain_lines_where_there_is_no_live_table() {
+    let worker = sdk_worker("def handle(x):\n    time.sleep(0.5)\n    return x\n");
+    let input: String = (0..10).map(|i| format!("{i}\n")).collect();
+    let output = Procpool::tasks(&worker, &input, &["--procs", "1", "--progress"]).run(0);
+    let progress: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with("procpool: ") && line.contains("tasks done"))
+        .collect();
+    // 5 s of work, a line every 2 s; no escape sequences of a table.
+    assert!(!progress.is_empty(), "{output}");
+    assert!(progress[0].contains("/s, elapsed"), "{output}");
+    assert!(!output.stderr.contains('\x1b'), "{output}");
+    assert_eq!(result_lines(&output.stdout).len(), 10, "{output}");
+}
+
+#[test]
+fn results_on_the_same_terminal_as_stderr_get_no_live_table() {
+    use std::os::fd::AsFd;
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let terminal = || std::process::Stdio::from(pty.slave.as_fd().try_clone_to_owned().unwrap());
+    let worker = sdk_worker("def handle(x):\n    time.sleep(0.3)\n    return x\n");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("w.py"), worker).expect("writing the worker");
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_procpool"))
+        .args(["run", "tasks", "--child", "python3 w.py", "--procs", "1"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(terminal())
+        .stderr(terminal())
+        .spawn()
+        .expect("starting procpool");
+    run.stdin
+        .take()
+        .expect("piped")
+        .write_all(b"1\n2\n3\n4\n")
+        .expect("writing the input");
+    assert!(run.wait().expect("waiting").success());
+    drop(pty.slave);
+    let mut screen = Vec::new();
+    let mut master = std::fs::File::from(pty.master);
+    // The master reads EIO once the slave side is closed: that is the end.
+    let _ = std::io::Read::read_to_end(&mut master, &mut screen);
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(
+        !screen.contains('\x1b'),
+        "a table was drawn over the results:\n{screen}"
+    );
+    assert_eq!(screen.matches("\"output\"").count(), 4, "{screen}");
+}

@@ -180,8 +180,9 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
     node.drive(pool)
 }
 
-/// What the queue runs, as its first submitter set it: waited for (with the node
-/// seen in `status` meanwhile) when no submitter has come yet.
+/// What the queue runs, as its first submitter set it; waited for when no submitter
+/// has come yet (the node is not in `status` until it knows, and a signal ends the
+/// wait as it would any program: the pool's handling starts with the pool).
 fn queue_workload(broker: &mut Broker, keys: &Keys, queue: &str) -> Result<&'static Registration> {
     let mut said = false;
     loop {

@@ -99,7 +99,7 @@ pub fn drive(
     let mut run_key_renewed = Instant::now();
     loop {
         if interrupted.load(Ordering::Relaxed) {
-            eprintln!("procpool: interrupted; withdrawing the tasks no node has started");
+            eprintln!("procpool: interrupted; withdrawing this run's tasks from the queue");
             report.end = RunEnd::Interrupted;
             break;
         }
