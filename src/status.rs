@@ -111,13 +111,16 @@ impl Status {
         }
     }
 
-    /// The escape sequence that moves up over the drawn table and clears it.
+    /// The escape sequence that moves up over the drawn table and clears it. It
+    /// starts with a carriage return: the terminal's echo of Ctrl-C (`^C`) moves the
+    /// cursor off column 0, and clearing from there would leave the first characters
+    /// of the table's top row on screen.
     fn erase(&mut self) -> String {
         let lines = std::mem::take(&mut self.drawn);
         if lines == 0 {
             String::new()
         } else {
-            format!("\x1b[{lines}A\x1b[J")
+            format!("\r\x1b[{lines}A\x1b[J")
         }
     }
 }
