@@ -54,6 +54,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "--procs needs at least one pool size"
     );
     let exe = std::env::current_exe().context("finding the procpool executable")?;
+    if let Some(load) = load_average().filter(|&load| load > BUSY_LOAD) {
+        eprintln!(
+            "procpool bench: warning: the machine is busy (1-minute load average {load:.2}); \
+             timings will be noisy and speedups low"
+        );
+    }
     let mut samples: Vec<(u32, Vec<[f64; 3]>)> = Vec::new();
     for &procs in &args.procs {
         let mut runs = Vec::new();
@@ -69,7 +75,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         print_table(&args.workload, &rows);
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, svg_chart(&args.workload, &rows))
+        let chart = Chart {
+            command: format!("procpool run {} {}", args.workload, args.run_args.join(" "))
+                .trim_end()
+                .to_string(),
+            machine: machine(),
+            cores: cores(),
+        };
+        std::fs::write(path, svg_chart(&chart, &rows))
             .with_context(|| format!("writing {}", path.display()))?;
         if !args.json {
             outln!("chart written to {}", path.display());
@@ -154,8 +167,38 @@ pub fn tabulate(samples: &[(u32, Vec<[f64; 3]>)]) -> Vec<Row> {
         .collect()
 }
 
+/// Above this 1-minute load average at the start, the results are warned about.
+const BUSY_LOAD: f64 = 0.5;
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The CPU model and core count, for the chart.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{model}, {} cores", cores())
+}
+
 fn print_table(workload: &str, rows: &[Row]) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores();
     outln!(
         "{workload} on {cores} cores (medians of {} runs)",
         rows.first().map_or(0, |r| r.runs)
@@ -174,31 +217,49 @@ fn print_table(workload: &str, rows: &[Row]) {
     }
 }
 
-/// A line chart of speedup against pool size, with the ideal (linear) speedup dashed.
-pub fn svg_chart(workload: &str, rows: &[Row]) -> String {
+/// What a chart says it measured.
+pub struct Chart {
+    /// The command that was run at each pool size.
+    pub command: String,
+    /// The CPU and core count.
+    pub machine: String,
+    /// Cores this process may use: the ideal speedup stops there.
+    pub cores: usize,
+}
+
+/// A line chart of speedup against pool size: the ideal (linear up to the core count,
+/// flat past it) dashed, the core count marked, the measured speedup labelled.
+pub fn svg_chart(chart: &Chart, rows: &[Row]) -> String {
     const W: f64 = 640.0;
-    const H: f64 = 420.0;
+    const H: f64 = 440.0;
     const LEFT: f64 = 70.0;
     const RIGHT: f64 = 30.0;
-    const TOP: f64 = 50.0;
+    const TOP: f64 = 70.0;
     const BOTTOM: f64 = 60.0;
     let base = rows.first().map_or(1.0, |r| r.procs as f64);
     let max_procs = rows
         .iter()
         .map(|r| r.procs as f64)
         .fold(base + 1.0, f64::max);
+    let cores = (chart.cores as f64).clamp(base, max_procs);
+    let ideal_top = cores / base;
     let max_speedup = rows
         .iter()
         .map(|r| r.speedup)
-        .fold(max_procs / base, f64::max)
+        .fold(ideal_top, f64::max)
         .ceil();
     let x = |procs: f64| LEFT + (procs - base) / (max_procs - base) * (W - LEFT - RIGHT);
     let y = |speedup: f64| H - BOTTOM - speedup / max_speedup * (H - TOP - BOTTOM);
+    let escape = |text: &str| text.replace('&', "&amp;").replace('<', "&lt;");
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"13\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"28\" text-anchor=\"middle\" font-size=\"16\">procpool bench {workload}: speedup by pool size</text>\n",
-        W / 2.0
+         <text x=\"{mid}\" y=\"26\" text-anchor=\"middle\" font-size=\"16\">speedup by pool size</text>\n\
+         <text x=\"{mid}\" y=\"45\" text-anchor=\"middle\" fill=\"#444\">{}</text>\n\
+         <text x=\"{mid}\" y=\"61\" text-anchor=\"middle\" fill=\"#777\" font-size=\"11\">{}</text>\n",
+        escape(&chart.command),
+        escape(&chart.machine),
+        mid = W / 2.0
     );
     // Axes, grid and tick labels.
     for tick in 0..=(max_speedup as u32) {
@@ -231,17 +292,31 @@ pub fn svg_chart(workload: &str, rows: &[Row]) -> String {
         (TOP + H - BOTTOM) / 2.0,
         b = H - BOTTOM,
     );
-    // Ideal speedup, then the measured one.
+    // The ideal: linear up to the cores, flat past them (more workers than cores
+    // cannot compute faster), with the core count marked when inside the chart.
     svg += &format!(
-        "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#999\" stroke-dasharray=\"6 4\"/>\n\
+        "<polyline points=\"{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}\" fill=\"none\" stroke=\"#999\" stroke-dasharray=\"6 4\"/>\n\
          <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#777\" text-anchor=\"end\">ideal</text>\n",
         x(base),
         y(1.0),
+        x(cores),
+        y(ideal_top),
         x(max_procs),
-        y(max_procs / base),
-        x(max_procs) - 4.0,
-        y(max_procs / base) - 6.0
+        y(ideal_top),
+        x(cores) - 6.0,
+        y(ideal_top) - 8.0
     );
+    if cores < max_procs {
+        let cx = x(cores);
+        svg += &format!(
+            "<line x1=\"{cx:.1}\" y1=\"{TOP}\" x2=\"{cx:.1}\" y2=\"{:.1}\" stroke=\"#c33\" stroke-dasharray=\"2 3\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#c33\">{} cores</text>\n",
+            H - BOTTOM,
+            cx + 4.0,
+            TOP + 12.0,
+            chart.cores,
+        );
+    }
     let points: Vec<String> = rows
         .iter()
         .map(|r| format!("{:.1},{:.1}", x(r.procs as f64), y(r.speedup)))
@@ -250,12 +325,18 @@ pub fn svg_chart(workload: &str, rows: &[Row]) -> String {
         "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2.5\"/>\n",
         points.join(" ")
     );
+    // Point labels under the line where the ideal runs above it, so the two sets of
+    // labels do not collide.
     for row in rows {
         let (px, py) = (x(row.procs as f64), y(row.speedup));
+        let label_y = if row.speedup >= (row.procs as f64 / base).min(ideal_top) - 0.05 {
+            py - 10.0
+        } else {
+            py + 20.0
+        };
         svg += &format!(
             "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"4\" fill=\"#1f6feb\"/>\n\
-             <text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#1f6feb\">{:.2}×</text>\n",
-            py - 10.0,
+             <text x=\"{px:.1}\" y=\"{label_y:.1}\" text-anchor=\"middle\" fill=\"#1f6feb\">{:.2}×</text>\n",
             row.speedup
         );
     }
@@ -288,10 +369,25 @@ mod tests {
 
     #[test]
     fn chart_has_a_point_per_pool_size() {
-        let rows = tabulate(&[(1, vec![[4.0, 4.0, 0.0]]), (2, vec![[2.0, 4.0, 0.0]])]);
-        let svg = svg_chart("primes", &rows);
+        let rows = tabulate(&[
+            (1, vec![[4.0, 4.0, 0.0]]),
+            (2, vec![[2.0, 4.0, 0.0]]),
+            (4, vec![[2.1, 4.0, 0.0]]),
+        ]);
+        let chart = Chart {
+            command: "procpool run primes --limit 1e9".into(),
+            machine: "AMD EPYC, 2 cores".into(),
+            cores: 2,
+        };
+        let svg = svg_chart(&chart, &rows);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
-        assert_eq!(svg.matches("<circle").count(), 2);
-        assert!(svg.contains("2.00×"));
+        assert_eq!(svg.matches("<circle").count(), 3);
+        assert!(svg.contains("2.00×") && svg.contains("1.90×"));
+        assert!(svg.contains("procpool run primes --limit 1e9"));
+        assert!(svg.contains("AMD EPYC, 2 cores"));
+        // Past the 2 cores the ideal is flat, and the core count is marked.
+        assert!(svg.contains("2 cores</text>"));
+        assert_eq!(svg.matches(">2×<").count(), 1, "the axis stops at the ideal's top");
+        assert!(!svg.contains(">4×<"));
     }
 }
