@@ -387,7 +387,11 @@ mod tests {
         assert!(svg.contains("AMD EPYC, 2 cores"));
         // Past the 2 cores the ideal is flat, and the core count is marked.
         assert!(svg.contains("2 cores</text>"));
-        assert_eq!(svg.matches(">2×<").count(), 1, "the axis stops at the ideal's top");
+        assert_eq!(
+            svg.matches(">2×<").count(),
+            1,
+            "the axis stops at the ideal's top"
+        );
         assert!(!svg.contains(">4×<"));
     }
 }

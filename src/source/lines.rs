@@ -100,6 +100,8 @@ pub struct Tasks {
     next_index: u64,
     /// `--resume`: indices that already have a result line; they are skipped.
     done: HashSet<u64>,
+    /// The tasks to run, when the input is a regular file (counted before the run).
+    total: Option<u64>,
     /// Inputs skipped for that.
     skipped: u64,
     /// Tasks put and not yet answered: the input's index and the input, shared with
@@ -134,6 +136,7 @@ impl Tasks {
             }
             file
         };
+        let inputs_in_file = count_inputs(&input);
         let input = LineReader::new(input, Some(max_line));
         let to_stdout = args.output == "-";
         if args.resume && to_stdout {
@@ -158,7 +161,9 @@ impl Tasks {
             }
             Some(previous) => Box::new(previous.append_to(output)?),
         };
+        let done: HashSet<u64> = previous.map(|previous| previous.done).unwrap_or_default();
         Ok(Tasks {
+            total: inputs_in_file.map(|count| count.saturating_sub(done.len() as u64)),
             input,
             input_name: if args.input == "-" {
                 "stdin".into()
@@ -170,7 +175,7 @@ impl Tasks {
             lines_read: 0,
             max_line,
             next_index: 0,
-            done: previous.map(|previous| previous.done).unwrap_or_default(),
+            done,
             skipped: 0,
             inputs: HashMap::new(),
             ordered: args.ordered,
@@ -342,6 +347,39 @@ fn inexact_number(text: &str) -> Option<&str> {
     None
 }
 
+/// Inputs (non-blank lines) in `file` when it is a regular file of at most
+/// [`COUNT_LIMIT`] bytes, read once before the run for the progress total; `None`
+/// for a pipe, a terminal or a bigger file. Read by offset: the run's reads still
+/// start at the beginning.
+fn count_inputs(file: &File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > COUNT_LIMIT {
+        return None;
+    }
+    let mut buffer = vec![0; 1 << 16];
+    let (mut offset, mut count, mut in_input) = (0, 0, false);
+    loop {
+        let read = file.read_at(&mut buffer, offset).ok()?;
+        if read == 0 {
+            return Some(count + u64::from(in_input));
+        }
+        offset += read as u64;
+        for &byte in &buffer[..read] {
+            if byte == b'\n' {
+                count += u64::from(in_input);
+                in_input = false;
+            } else if !byte.is_ascii_whitespace() {
+                in_input = true;
+            }
+        }
+    }
+}
+
+/// Input files past this size are not counted first (the count would cost a second
+/// read of a file that may not fit the page cache).
+const COUNT_LIMIT: u64 = 1 << 30;
+
 /// Whether `byte` can be part of a JSON number.
 fn is_number_byte(byte: u8) -> bool {
     byte.is_ascii_digit() || matches!(byte, b'-' | b'+' | b'.' | b'e' | b'E')
@@ -366,6 +404,10 @@ pub(crate) fn open_stdin() -> io::Result<File> {
 }
 
 impl TaskSource for Tasks {
+    fn total_tasks(&self) -> Option<u64> {
+        self.total
+    }
+
     fn next_task(&mut self, id: TaskId) -> Option<Result<Arc<Value>>> {
         if let Some((index, value)) = self.next_input() {
             // Reported as a planning failure, like a line past the bound: the tasks
@@ -496,5 +538,20 @@ impl Drop for Tasks {
         let _ = self.out.flush();
         // What was there before stays, with what this run added.
         let _ = self.finish_merge();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_of_a_regular_file_are_counted_and_a_pipe_is_not() {
+        let mut file = tempfile::tempfile().expect("a temp file");
+        std::io::Write::write_all(&mut file, b"1\n\n  \r\n{\"a\": 2}\r\nlast without newline")
+            .expect("writing");
+        assert_eq!(count_inputs(&file), Some(3));
+        let (read_end, _write_end) = nix::unistd::pipe().expect("a pipe");
+        assert_eq!(count_inputs(&File::from(read_end)), None);
     }
 }
