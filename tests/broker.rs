@@ -96,6 +96,17 @@ fn status(url: &str, queue: &str) -> Value {
         .json()
 }
 
+/// Waits until at least `count` tasks of `queue` are in flight (taken by nodes).
+fn wait_for_in_flight(url: &str, queue: &str, count: u64) {
+    let taken = wait_until(Duration::from_secs(20), || {
+        status(url, queue)["in_flight"].as_u64() >= Some(count)
+    });
+    assert!(
+        taken,
+        "{count} tasks of queue {queue} never were in flight at once"
+    );
+}
+
 fn numbers(count: usize) -> String {
     (0..count).map(|i| format!("{i}\n")).collect()
 }
@@ -201,10 +212,7 @@ fn a_node_killed_mid_run_has_its_tasks_done_elsewhere_within_the_lease() {
     let survivor = child_node(&url, &queue, "0.1", &["--procs", "2", "--lease", "1"]);
     let run = submit(&numbers(60), &["--broker", &url, "--queue", &queue]).spawn();
     // Once the victim holds tasks, kill it outright (its workers follow by PDEATHSIG).
-    let holds_tasks = wait_until(Duration::from_secs(20), || {
-        status(&url, &queue)["in_flight"].as_u64() > Some(2)
-    });
-    assert!(holds_tasks, "the queue never had tasks in flight");
+    wait_for_in_flight(&url, &queue, 3);
     std::thread::sleep(Duration::from_millis(300));
     let killed_at = Instant::now();
     victim.signal(Signal::SIGKILL);
@@ -235,10 +243,7 @@ fn a_node_stopped_past_its_lease_loses_its_tasks_and_nothing_is_counted_twice() 
         &["--broker", &url, "--queue", &queue, "--json"],
     )
     .spawn();
-    let holds = wait_until(Duration::from_secs(20), || {
-        status(&url, &queue)["in_flight"].as_u64() > Some(0)
-    });
-    assert!(holds, "the node never took tasks");
+    wait_for_in_flight(&url, &queue, 1);
     // Frozen past its lease: another node takes its tasks over; thawed, its late
     // ends are stale and dropped.
     sleeper.signal(Signal::SIGSTOP);
@@ -306,10 +311,7 @@ fn ctrl_c_on_the_submitter_withdraws_its_waiting_tasks() {
     let queue = fresh_queue("interrupted");
     let slow = child_node(&url, &queue, "0.2", &["--procs", "1"]);
     let run = submit(&numbers(200), &["--broker", &url, "--queue", &queue]).spawn();
-    let started = wait_until(Duration::from_secs(20), || {
-        status(&url, &queue)["in_flight"].as_u64() > Some(0)
-    });
-    assert!(started, "no task was ever taken");
+    wait_for_in_flight(&url, &queue, 1);
     run.signal(Signal::SIGINT);
     let output = run.wait(130);
     assert!(output.stderr.contains("not run"), "{output}");
@@ -330,10 +332,7 @@ fn a_node_drains_on_sigterm_finishing_what_it_holds() {
     let queue = fresh_queue("drain");
     let node = child_node(&url, &queue, "1", &["--procs", "2", "--prefetch", "1"]);
     let run = submit(&numbers(4), &["--broker", &url, "--queue", &queue]).spawn();
-    let busy = wait_until(Duration::from_secs(20), || {
-        status(&url, &queue)["in_flight"].as_u64() >= Some(2)
-    });
-    assert!(busy, "the node never took two tasks");
+    wait_for_in_flight(&url, &queue, 2);
     let drained = stop(node);
     assert!(drained.stderr.contains("draining"), "{drained}");
     // Its two tasks ended and were acknowledged; a new node does the other two.
@@ -531,10 +530,7 @@ fn a_redis_restarted_mid_run_with_its_log_loses_nothing() {
     let queue = "restarted";
     let node = child_node(&url, queue, "0.05", &["--procs", "2", "--lease", "1"]);
     let run = submit(&numbers(100), &["--broker", &url, "--queue", queue]).spawn();
-    let underway = wait_until(Duration::from_secs(20), || {
-        status(&url, queue)["in_flight"].as_u64() > Some(0)
-    });
-    assert!(underway, "no task was ever taken");
+    wait_for_in_flight(&url, queue, 1);
     redis.kill();
     std::thread::sleep(Duration::from_secs(1));
     redis.restart();
@@ -563,10 +559,7 @@ fn a_redis_gone_for_good_fails_the_run_and_the_nodes_with_a_clear_message() {
         &["--broker", &url, "--queue", queue, "--broker-timeout", "2"],
     )
     .spawn();
-    let underway = wait_until(Duration::from_secs(20), || {
-        status(&url, queue)["in_flight"].as_u64() > Some(0)
-    });
-    assert!(underway, "no task was ever taken");
+    wait_for_in_flight(&url, queue, 1);
     redis.kill();
     let output = run.wait(1);
     assert!(

@@ -73,6 +73,16 @@ impl BrokerArgs {
             },
         }
     }
+
+    /// [`target`](BrokerArgs::target) for a command that has nothing to do without one.
+    pub fn required(&self, command: &str) -> Result<(String, &str)> {
+        self.target()?.ok_or_else(|| {
+            UsageError(format!(
+                "procpool {command} needs --broker URL (or PROCPOOL_BROKER) and --queue NAME"
+            ))
+            .into()
+        })
+    }
 }
 
 fn parse_queue(text: &str) -> Result<String, String> {

@@ -132,12 +132,7 @@ struct Ack {
 }
 
 pub fn node(args: NodeArgs) -> Result<ExitCode> {
-    let Some((url, queue)) = args.broker.target()? else {
-        return Err(UsageError(
-            "procpool node needs --broker URL (or PROCPOOL_BROKER) and --queue NAME".into(),
-        )
-        .into());
-    };
+    let (url, queue) = args.broker.required("node")?;
     let keys = Keys::new(queue);
     let mut broker = Broker::connect(&url, &args.broker)?;
     ensure_group(&mut broker, &keys)?;

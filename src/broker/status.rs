@@ -6,7 +6,6 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{unix_now, Broker, BrokerArgs, Keys, GROUP};
-use crate::run::UsageError;
 
 /// Options of `procpool status`.
 #[derive(Debug, clap::Args)]
@@ -23,12 +22,7 @@ pub struct StatusArgs {
 const ALIVE_LEASES: f64 = 2.0;
 
 pub fn status(args: &StatusArgs) -> Result<ExitCode> {
-    let Some((url, queue)) = args.broker.target()? else {
-        return Err(UsageError(
-            "procpool status needs --broker URL (or PROCPOOL_BROKER) and --queue NAME".into(),
-        )
-        .into());
-    };
+    let (url, queue) = args.broker.required("status")?;
     let keys = Keys::new(queue);
     let mut broker = Broker::connect(&url, &args.broker)?;
     let report = queue_report(&mut broker, &keys, queue)?;
