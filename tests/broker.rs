@@ -759,3 +759,26 @@ fn rediss_runs_through_tls_trusting_the_given_ca_and_refuses_an_unknown_one() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_redis_restarted_without_its_data_gets_the_unfinished_tasks_again() {
+    let Some(mut redis) = PrivateRedis::start("a_redis_restarted_without_its_data", false) else {
+        return;
+    };
+    let url = redis.url();
+    let queue = "amnesia";
+    let node = child_node(&url, queue, "0.05", &["--procs", "2", "--lease", "1"]);
+    let run = submit(&numbers(100), &["--broker", &url, "--queue", queue]).spawn();
+    wait_for_in_flight(&url, queue, 1);
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    redis.restart();
+    let output = run.wait(0);
+    assert!(
+        output.stderr.contains("Redis lost this run's state"),
+        "{output}"
+    );
+    assert_eq!(outputs_by_input(&output.stdout), doubled(100), "{output}");
+    let node = stop(node);
+    assert!(node.stderr.contains("making it again"), "{node}");
+}

@@ -98,18 +98,35 @@ fn parse_queue(text: &str) -> Result<String, String> {
     }
 }
 
-/// `url` with its password, if any, replaced by `***`, for messages.
+/// `url` with its password, if any, replaced by `***`, for messages: the one after
+/// `user:` (`redis://:pw@host`, `redis://user:pw@host`) and a `password=` query
+/// parameter (`redis+unix:///run/redis.sock?pass=pw`, `...?password=pw`).
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (address, query) = match url.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (url, None),
     };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
+    let mut shown = match address.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => address.to_string(),
+        },
+        None => address.to_string(),
+    };
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((name @ ("pass" | "password"), _)) => format!("{name}=***"),
+                _ => parameter.to_string(),
+            })
+            .collect();
+        shown = format!("{shown}?{}", parameters.join("&"));
     }
+    shown
 }
 
 /// The Redis keys of one queue.
@@ -117,6 +134,12 @@ pub fn redacted(url: &str) -> String {
 pub struct Keys {
     prefix: String,
 }
+
+/// A run's key expires this long after its submitter last renewed it: a submitter
+/// killed outright stops receiving results after this.
+pub const RUN_KEY_TTL_S: u64 = 60;
+/// A run's results stream expires this long after it was last renewed or written.
+pub const RESULTS_TTL_S: u64 = 2 * RUN_KEY_TTL_S;
 
 /// The consumer group every node reads the task stream through.
 pub const GROUP: &str = "nodes";
@@ -165,7 +188,9 @@ pub struct Broker {
 }
 
 /// How long one connection attempt or reply may take.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Under the shortest sensible lease, so one slow reply does not cost a node its
+/// leases.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Broker {
     /// Connects to `url` (TLS for rediss://, trusting `--broker-ca` or the system's
@@ -388,6 +413,15 @@ mod tests {
             "redis://alice:***@db/1"
         );
         assert_eq!(redacted("redis://db:6379"), "redis://db:6379");
+        assert_eq!(redacted("redis://alice@db"), "redis://alice@db");
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=hunter2"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redacted("rediss://:pw@db/0?password=pw"),
+            "rediss://:***@db/0?password=***"
+        );
     }
 
     #[test]

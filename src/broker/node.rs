@@ -2,7 +2,9 @@
 //!
 //! One thread, like every supervisor here: Redis is asked without blocking, between
 //! the pool's events and on its ticks (every [`POLL`] while idle), so restarts,
-//! deadlines and SIGTERM are never held up by the broker. Task ends are acknowledged
+//! deadlines and SIGTERM wait on nothing but Redis's replies — except while Redis is
+//! unreachable, when each call retries for up to `--broker-timeout` before the node
+//! gives up. Task ends are acknowledged
 //! in batches, each in one Lua script that checks the node still owns the task,
 //! writes the end to the run's results, and removes the task; an end the node no
 //! longer owns (its lease ran out and another node took the task) is dropped.
@@ -20,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::{
     ensure_group, entry_field, stream_entries, unix_now, Broker, BrokerArgs, Entry, Fields, Keys,
-    GROUP,
+    GROUP, RESULTS_TTL_S,
 };
 use crate::cli::PoolArgs;
 use crate::parse;
@@ -89,19 +91,21 @@ return {lost, withdrawn}
 ";
 
 /// Ends tasks this node owns: for each (entry, run, task id, end, dead-letter input
-/// or ''), writes the end to the run's results if its submitter is still there,
+/// or ''), writes the end to the run's results (renewing their expiry) if its
+/// submitter is still there,
 /// dead-letters it if asked, and removes it from the stream. Returns how many were
 /// no longer this node's (and so dropped).
 const ACK: &str = r"
-local prefix, group, me = ARGV[1], ARGV[2], ARGV[3]
+local prefix, group, me, results_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tasks = prefix .. ':tasks'
 local stale = 0
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local entry, run, id, ended, dead = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local pending = redis.call('XPENDING', tasks, group, entry, entry, 1)
   if #pending == 1 and pending[1][2] == me then
     if redis.call('EXISTS', prefix .. ':run:' .. run) == 1 then
       redis.call('XADD', prefix .. ':results:' .. run, '*', 'id', id, 'end', ended)
+      redis.call('EXPIRE', prefix .. ':results:' .. run, results_ttl)
     end
     if dead ~= '' then
       redis.call('XADD', prefix .. ':dead', '*', 'run', run, 'id', id, 'input', dead, 'end', ended)
@@ -115,12 +119,29 @@ end
 return stale
 ";
 
+/// Hands entries (with the delivery count to restore) that are still this node's
+/// back to the group: idle past the lease, for the next reclaim. Returns how many.
+const RELEASE: &str = r"
+local tasks, group, me, idle = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local released = 0
+for i = 5, #ARGV, 2 do
+  local pending = redis.call('XPENDING', tasks, group, ARGV[i], ARGV[i], 1)
+  if #pending == 1 and pending[1][2] == me then
+    redis.call('XCLAIM', tasks, group, me, 0, ARGV[i], 'IDLE', idle, 'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+    released = released + 1
+  end
+end
+return released
+";
+
 /// A task this node read from the queue and has not ended.
 struct Held {
     entry: String,
     run: String,
     /// The submitter's id for it.
     task: String,
+    /// Times Redis has delivered it, this node's included.
+    deliveries: u32,
 }
 
 /// A task end waiting for the next acknowledgement batch.
@@ -236,11 +257,27 @@ impl Node {
             nix::unistd::pipe().context("making the node's idle pipe")?;
         let mut failure = None;
         loop {
-            if let Err(err) = self.talk_to_redis(&mut pool) {
-                failure = Some(err);
-                pool.interrupt();
-                pool.interrupt();
-                break;
+            match self.talk_to_redis(&mut pool) {
+                Ok(()) => {}
+                // Redis restarted without its data: the group is made again; the
+                // tasks held are gone with it (their submitter puts them in again).
+                Err(err) if err.to_string().contains("NOGROUP") => {
+                    eprintln!(
+                        "procpool node {}: the queue's consumer group is gone (Redis restarted \
+                         without its data?); making it again",
+                        self.name
+                    );
+                    if let Err(err) = ensure_group(&mut self.broker, &self.keys) {
+                        failure = Some(err);
+                        break;
+                    }
+                }
+                Err(err) => {
+                    failure = Some(err);
+                    pool.interrupt();
+                    pool.interrupt();
+                    break;
+                }
             }
             let event = match pool.next_event_or_input(Some(never_readable.as_fd())) {
                 Ok(Some(event)) => event,
@@ -259,11 +296,15 @@ impl Node {
                     ..
                 } => self.ended(id, attempts, outcome),
                 Event::WorkerDied { crash, .. } => eprintln!("procpool node: {crash}"),
-                Event::Interrupted { again: false } => eprintln!(
-                    "procpool node {}: draining: finishing {} tasks, taking no more",
-                    self.name,
-                    self.held.len()
-                ),
+                Event::Interrupted { again: false } => {
+                    let waiting = self.release_waiting(&mut pool);
+                    eprintln!(
+                        "procpool node {}: draining: finishing {} tasks, taking no more, \
+                         {waiting} not started handed back",
+                        self.name,
+                        self.held.len()
+                    );
+                }
                 _ => {}
             }
         }
@@ -310,8 +351,9 @@ impl Node {
             self.reclaim(pool)?;
             self.next_reclaim = now + (self.lease / 4).min(Duration::from_millis(500));
         }
-        if now >= self.next_poll {
-            let room = self.window - pool.unfinished();
+        // Reclaimed tasks may have filled the window (and COUNT 0 would mean all).
+        let room = self.window.saturating_sub(pool.unfinished());
+        if now >= self.next_poll && room > 0 {
             let entries = self.read_new(room)?;
             // An empty queue is asked again after a poll interval; a busy one at once.
             if entries.is_empty() {
@@ -370,6 +412,7 @@ impl Node {
             entry,
             run: entry_field(&fields, "run").unwrap_or("").to_string(),
             task: entry_field(&fields, "id").unwrap_or("").to_string(),
+            deliveries,
         };
         let input_text = entry_field(&fields, "input").unwrap_or("");
         if deliveries > self.max_attempts {
@@ -437,7 +480,8 @@ impl Node {
             .arg(0)
             .arg(self.keys.prefix())
             .arg(GROUP)
-            .arg(&self.name);
+            .arg(&self.name)
+            .arg(RESULTS_TTL_S);
         for ack in &acks {
             script
                 .arg(&ack.held.entry)
@@ -523,27 +567,50 @@ impl Node {
         })
     }
 
-    /// Hands the tasks still held (those the drain left waiting) back to the queue
-    /// now rather than after the lease: marked long idle, so the next node's
-    /// reclaim takes them (`JUSTID`: not counted as a delivery).
+    /// Withdraws from the pool the tasks no worker has started, and hands them back
+    /// to the queue for other nodes at once.
+    fn release_waiting(&mut self, pool: &mut Pool) -> usize {
+        let waiting: Vec<TaskId> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|&id| pool.cancel(id))
+            .collect();
+        let released: Vec<Held> = waiting
+            .iter()
+            .filter_map(|id| self.held.remove(id))
+            .collect();
+        self.release(&released)
+    }
+
+    /// Hands the tasks still held (those the drain's grace cut short) back at the end.
     fn release_unfinished(&mut self) -> usize {
-        let entries: Vec<&str> = self.held.values().map(|held| held.entry.as_str()).collect();
-        if entries.is_empty() {
+        let held: Vec<Held> = self.held.drain().map(|(_, held)| held).collect();
+        self.release(&held)
+    }
+
+    /// Hands `tasks` back to the queue: each still this node's is marked idle past the
+    /// lease, so the next node's reclaim takes it at once, with its delivery count
+    /// put back as it was before this node (a hand-back is not an attempt).
+    fn release(&mut self, tasks: &[Held]) -> usize {
+        if tasks.is_empty() {
             return 0;
         }
-        let idle_ms = self.lease.as_millis() as u64 * 2;
-        let released = self.broker.call(|connection| {
-            redis::cmd("XCLAIM")
-                .arg(self.keys.tasks())
-                .arg(GROUP)
-                .arg(&self.name)
-                .arg(0)
-                .arg(&entries)
-                .arg("IDLE")
-                .arg(idle_ms)
-                .arg("JUSTID")
-                .query::<Vec<String>>(connection)
-        });
-        released.map_or(0, |ids| ids.len())
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg(RELEASE)
+            .arg(0)
+            .arg(self.keys.tasks())
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg(self.lease.as_millis() as u64 * 2);
+        for held in tasks {
+            script
+                .arg(&held.entry)
+                .arg(held.deliveries.saturating_sub(1));
+        }
+        self.broker
+            .call(|connection| script.query::<usize>(connection))
+            .unwrap_or(0)
     }
 }

@@ -18,7 +18,10 @@ use procpool_child::TaskId;
 use procpool_supervisor::{PoolReport, RunEnd, TaskFailure, TaskOutcome};
 use serde_json::{json, Value};
 
-use super::{ensure_group, entry_field, stream_entries, Broker, BrokerArgs, Keys};
+use super::{
+    ensure_group, entry_field, stream_entries, Broker, BrokerArgs, Keys, RESULTS_TTL_S,
+    RUN_KEY_TTL_S,
+};
 use crate::registry::Registration;
 use crate::run::UsageError;
 use crate::source::{Answer, Summary, TaskSource};
@@ -35,13 +38,7 @@ pub struct SubmitArgs {
 
 /// How long one read of the results stream waits.
 const READ_BLOCK_MS: u64 = 50;
-/// The run's key expires this long after its submitter last renewed it: a submitter
-/// killed outright stops receiving results after this.
-const RUN_KEY_TTL_S: u64 = 60;
 const RUN_KEY_RENEWAL: Duration = Duration::from_secs(10);
-/// Ends written after the run's key expired are dropped; those written before it go
-/// with the stream this long after the last renewal.
-const RESULTS_TTL_S: u64 = 2 * RUN_KEY_TTL_S;
 
 /// How a broker run ended, for the printer.
 pub struct BrokerOutcome {
@@ -98,6 +95,28 @@ pub fn drive(
     let mut stopped = false;
     let mut run_key_renewed = Instant::now();
     loop {
+        // Every pass, waiting for input included: a run key let expire makes the
+        // nodes drop this run's tasks.
+        if run_key_renewed.elapsed() >= RUN_KEY_RENEWAL || broker.take_reconnected() {
+            if !keep_run_key(&mut broker, &keys, &run)? {
+                // Gone: Redis restarted without its data, or this process stalled past
+                // the key's life. The queue is set up again and every unfinished task
+                // goes in again (ends are counted once, whatever runs twice).
+                eprintln!(
+                    "procpool: Redis lost this run's state; putting {} tasks on the queue again",
+                    pending.len()
+                );
+                ensure_group(&mut broker, &keys)?;
+                claim_queue(&mut broker, &keys, queue, workload.name)?;
+                renew_run_key(&mut broker, &keys, &run)?;
+                let again: Vec<(TaskId, Arc<Value>)> = pending
+                    .iter()
+                    .map(|(id, task)| (*id, Arc::clone(&task.input)))
+                    .collect();
+                put_tasks(&mut broker, &keys, &run, again, &mut pending)?;
+            }
+            run_key_renewed = Instant::now();
+        }
         if interrupted.load(Ordering::Relaxed) {
             eprintln!("procpool: interrupted; withdrawing this run's tasks from the queue");
             report.end = RunEnd::Interrupted;
@@ -146,20 +165,6 @@ pub fn drive(
                 .arg(&last_result)
                 .query(connection)
         })?);
-        if broker.take_reconnected() && !run_key_exists(&mut broker, &keys, &run)? {
-            // Redis came back without this run's key: it restarted without its data,
-            // and the tasks go in again (ends are counted once, whatever runs twice).
-            eprintln!(
-                "procpool: Redis lost this run's data; putting {} tasks on the queue again",
-                pending.len()
-            );
-            let again: Vec<(TaskId, Arc<Value>)> = pending
-                .iter()
-                .map(|(id, task)| (*id, Arc::clone(&task.input)))
-                .collect();
-            renew_run_key(&mut broker, &keys, &run)?;
-            put_tasks(&mut broker, &keys, &run, again, &mut pending)?;
-        }
         for (_, fields) in &entries {
             let Some(id) = entry_field(fields, "id").and_then(|id| id.parse::<TaskId>().ok())
             else {
@@ -192,10 +197,6 @@ pub fn drive(
         }
         if stopped {
             break;
-        }
-        if run_key_renewed.elapsed() >= RUN_KEY_RENEWAL {
-            renew_run_key(&mut broker, &keys, &run)?;
-            run_key_renewed = Instant::now();
         }
     }
     // Withdrawn: tasks still in the stream (a node holding one finishes it and drops
@@ -290,8 +291,23 @@ fn renew_run_key(broker: &mut Broker, keys: &Keys, run: &str) -> Result<()> {
     })
 }
 
-fn run_key_exists(broker: &mut Broker, keys: &Keys, run: &str) -> Result<bool> {
-    broker.call(|connection| redis::cmd("EXISTS").arg(keys.run(run)).query(connection))
+/// Renews the run's key if it still exists; `false` if it is gone.
+fn keep_run_key(broker: &mut Broker, keys: &Keys, run: &str) -> Result<bool> {
+    let (kept,): (Option<String>,) = broker.call(|connection| {
+        redis::pipe()
+            .cmd("SET")
+            .arg(keys.run(run))
+            .arg(std::process::id())
+            .arg("XX")
+            .arg("EX")
+            .arg(RUN_KEY_TTL_S)
+            .cmd("EXPIRE")
+            .arg(keys.results(run))
+            .arg(RESULTS_TTL_S)
+            .ignore()
+            .query(connection)
+    })?;
+    Ok(kept.is_some())
 }
 
 /// Appends `tasks` to the queue in one pipeline, recording each one's entry.
