@@ -32,7 +32,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let procs = procs(&args.pool);
     let workload = args.workload.registration;
-    let through_broker = args.broker.target()?.is_some();
+    let broker = args.broker.target()?;
+    let through_broker = broker.is_some();
     match (&workload.worker, &args.pool.child, through_broker) {
         (_, Some(_), true) => {
             return Err(UsageError(
@@ -49,10 +50,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let source = (workload.start)(&args.workload.matches, procs)
         // The workload's own options were wrong (a missing file, an impossible size).
         .map_err(|err| UsageError(format!("{err:#}")))?;
-    if through_broker {
-        let queue = args.broker.queue.as_deref().unwrap_or_default();
+    if let Some((url, queue)) = broker {
         let to_stderr = source.results_on_stdout();
-        let outcome = crate::broker::submit::drive(source, workload, &args.broker, &args.submit)?;
+        let outcome = crate::broker::submit::drive(
+            source,
+            workload,
+            (&url, queue),
+            &args.broker,
+            &args.submit,
+        )?;
         outcome.print(args.pool.json, workload, queue, to_stderr)?;
         return Ok(ExitCode::from(outcome.exit_code()));
     }

@@ -521,11 +521,11 @@ fn spawn_redis(dir: &Path, port: u16, aof: bool) -> Child {
         .expect("starting redis-server")
 }
 
-#[test]
-fn a_redis_restarted_mid_run_with_its_log_loses_nothing() {
-    let Some(mut redis) = PrivateRedis::start("a_redis_restarted_mid_run", true) else {
-        return;
-    };
+/// A run of 100 tasks on one node through a private Redis (with its append-only log
+/// or without) that is killed and started again once tasks are in flight. `None` when
+/// the test skips; else the run's output and the node's once SIGTERM drained it.
+fn run_across_a_redis_restart(test: &str, aof: bool) -> Option<(util::Output, util::Output)> {
+    let mut redis = PrivateRedis::start(test, aof)?;
     let url = redis.url();
     let queue = "restarted";
     let node = child_node(&url, queue, "0.05", &["--procs", "2", "--lease", "1"]);
@@ -535,10 +535,17 @@ fn a_redis_restarted_mid_run_with_its_log_loses_nothing() {
     std::thread::sleep(Duration::from_secs(1));
     redis.restart();
     let output = run.wait(0);
+    assert_eq!(outputs_by_input(&output.stdout), doubled(100), "{output}");
+    Some((output, stop(node)))
+}
+
+#[test]
+fn a_redis_restarted_mid_run_with_its_log_loses_nothing() {
+    let Some((output, _)) = run_across_a_redis_restart("a_redis_restarted_mid_run", true) else {
+        return;
+    };
     assert!(output.stderr.contains("lost Redis"), "{output}");
     assert!(output.stderr.contains("is back"), "{output}");
-    assert_eq!(outputs_by_input(&output.stdout), doubled(100), "{output}");
-    stop(node);
 }
 
 #[test]
@@ -762,23 +769,13 @@ fn rediss_runs_through_tls_trusting_the_given_ca_and_refuses_an_unknown_one() {
 
 #[test]
 fn a_redis_restarted_without_its_data_gets_the_unfinished_tasks_again() {
-    let Some(mut redis) = PrivateRedis::start("a_redis_restarted_without_its_data", false) else {
+    let test = "a_redis_restarted_without_its_data";
+    let Some((output, node)) = run_across_a_redis_restart(test, false) else {
         return;
     };
-    let url = redis.url();
-    let queue = "amnesia";
-    let node = child_node(&url, queue, "0.05", &["--procs", "2", "--lease", "1"]);
-    let run = submit(&numbers(100), &["--broker", &url, "--queue", queue]).spawn();
-    wait_for_in_flight(&url, queue, 1);
-    redis.kill();
-    std::thread::sleep(Duration::from_secs(1));
-    redis.restart();
-    let output = run.wait(0);
     assert!(
         output.stderr.contains("Redis lost this run's state"),
         "{output}"
     );
-    assert_eq!(outputs_by_input(&output.stdout), doubled(100), "{output}");
-    let node = stop(node);
     assert!(node.stderr.contains("making it again"), "{node}");
 }

@@ -51,12 +51,13 @@ const POLL: Duration = Duration::from_millis(5);
 /// Takes over tasks idle past the lease, with how often each was delivered; returns
 /// the next cursor and `[entry id, fields, deliveries]` for each.
 const RECLAIM: &str = r"
-local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local tasks, group, me = ARGV[1] .. ':tasks', ARGV[2], ARGV[3]
+local claimed = redis.call('XAUTOCLAIM', tasks, group, me, ARGV[4], ARGV[5], 'COUNT', ARGV[6])
 local out = {}
 for i = 1, #claimed[2] do
   local entry = claimed[2][i]
   if entry and entry[2] then
-    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+    local pending = redis.call('XPENDING', tasks, group, entry[1], entry[1], 1)
     if #pending == 1 then
       out[#out + 1] = {entry[1], entry[2], pending[1][4]}
     end
@@ -122,7 +123,7 @@ return stale
 /// Hands entries (with the delivery count to restore) that are still this node's
 /// back to the group: idle past the lease, for the next reclaim. Returns how many.
 const RELEASE: &str = r"
-local tasks, group, me, idle = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tasks, group, me, idle = ARGV[1] .. ':tasks', ARGV[2], ARGV[3], ARGV[4]
 local released = 0
 for i = 5, #ARGV, 2 do
   local pending = redis.call('XPENDING', tasks, group, ARGV[i], ARGV[i], 1)
@@ -366,6 +367,19 @@ impl Node {
         Ok(())
     }
 
+    /// A call of one of the Lua scripts above, with the arguments each starts with:
+    /// the queue's key prefix, the group, and this node's name.
+    fn script(&self, source: &str) -> redis::Cmd {
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg(source)
+            .arg(0)
+            .arg(self.keys.prefix())
+            .arg(GROUP)
+            .arg(&self.name);
+        script
+    }
+
     fn read_new(&mut self, count: usize) -> Result<Vec<Entry>> {
         let reply = self.broker.call(|connection| {
             redis::cmd("XREADGROUP")
@@ -384,19 +398,13 @@ impl Node {
 
     fn reclaim(&mut self, pool: &mut Pool) -> Result<()> {
         let room = self.window - pool.unfinished();
+        let mut script = self.script(RECLAIM);
+        script
+            .arg(self.lease.as_millis() as u64)
+            .arg(&self.reclaim_cursor)
+            .arg(room);
         let (cursor, claimed): (String, Vec<(String, Fields, u32)>) =
-            self.broker.call(|connection| {
-                redis::cmd("EVAL")
-                    .arg(RECLAIM)
-                    .arg(1)
-                    .arg(self.keys.tasks())
-                    .arg(GROUP)
-                    .arg(&self.name)
-                    .arg(self.lease.as_millis() as u64)
-                    .arg(&self.reclaim_cursor)
-                    .arg(room)
-                    .query(connection)
-            })?;
+            self.broker.call(|connection| script.query(connection))?;
         self.reclaim_cursor = cursor;
         for (entry, fields, deliveries) in claimed {
             self.take(pool, (entry, fields), deliveries);
@@ -474,14 +482,8 @@ impl Node {
             return Ok(());
         }
         let acks = std::mem::take(&mut self.acks);
-        let mut script = redis::cmd("EVAL");
-        script
-            .arg(ACK)
-            .arg(0)
-            .arg(self.keys.prefix())
-            .arg(GROUP)
-            .arg(&self.name)
-            .arg(RESULTS_TTL_S);
+        let mut script = self.script(ACK);
+        script.arg(RESULTS_TTL_S);
         for ack in &acks {
             script
                 .arg(&ack.held.entry)
@@ -508,13 +510,7 @@ impl Node {
         if self.held.is_empty() {
             return Ok(());
         }
-        let mut script = redis::cmd("EVAL");
-        script
-            .arg(RENEW)
-            .arg(0)
-            .arg(self.keys.prefix())
-            .arg(GROUP)
-            .arg(&self.name);
+        let mut script = self.script(RENEW);
         for held in self.held.values() {
             script.arg(&held.entry).arg(&held.run);
         }
@@ -596,14 +592,8 @@ impl Node {
         if tasks.is_empty() {
             return 0;
         }
-        let mut script = redis::cmd("EVAL");
-        script
-            .arg(RELEASE)
-            .arg(0)
-            .arg(self.keys.tasks())
-            .arg(GROUP)
-            .arg(&self.name)
-            .arg(self.lease.as_millis() as u64 * 2);
+        let mut script = self.script(RELEASE);
+        script.arg(self.lease.as_millis() as u64 * 2);
         for held in tasks {
             script
                 .arg(&held.entry)

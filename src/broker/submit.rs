@@ -62,12 +62,10 @@ struct Pending {
 pub fn drive(
     mut source: Box<dyn TaskSource>,
     workload: &'static Registration,
+    (url, queue): (&str, &str),
     broker_args: &BrokerArgs,
     submit: &SubmitArgs,
 ) -> Result<BrokerOutcome> {
-    let (url, queue) = broker_args
-        .target()?
-        .expect("called only with --broker and --queue");
     if let Some(reason) = source.one_machine() {
         return Err(UsageError(format!(
             "run {} cannot use --broker: {reason}; run it on one machine, without --broker",
@@ -76,7 +74,7 @@ pub fn drive(
         .into());
     }
     let keys = Keys::new(queue);
-    let mut broker = Broker::connect(&url, broker_args)?;
+    let mut broker = Broker::connect(url, broker_args)?;
     ensure_group(&mut broker, &keys)?;
     claim_queue(&mut broker, &keys, queue, workload.name)?;
     let run = run_id();
