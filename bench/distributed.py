@@ -4,6 +4,7 @@
     python3 bench/distributed.py               # a few minutes on 2 cores
     python3 bench/distributed.py --quick       # smaller N (smoke test)
     python3 bench/distributed.py --json out.json
+    python3 bench/distributed.py --part kill    # one part alone: tiny, python, primes, kill
 
 Needs target/release/procpool (cargo build --release) and redis-server on PATH; rq is
 measured when it imports (pip install rq). Starts its own Redis on a free loopback
@@ -117,10 +118,17 @@ def tiny_tasks(url, n):
     return figures
 
 
+def write_workers(workdir):
+    """The Python worker of the procpool nodes and rq's task module, in `workdir`."""
+    with open(os.path.join(workdir, "echo_worker.py"), "w") as f:
+        f.write(ECHO_WORKER)
+    with open(os.path.join(workdir, "rq_tasks.py"), "w") as f:
+        f.write(RQ_TASKS)
+    sys.path.insert(0, workdir)
+
+
 def python_tasks(url, n, workers, workdir):
     worker = os.path.join(workdir, "echo_worker.py")
-    with open(worker, "w") as f:
-        f.write(ECHO_WORKER)
     lines = "".join(f"{i}\n" for i in range(n))
     queue = "python-echo"
     nodes = [node(url, queue, "--procs", "1", "--child", f"python3 {worker}") for _ in range(workers)]
@@ -135,9 +143,6 @@ def python_tasks(url, n, workers, workdir):
     except ImportError:
         figures["rq"] = None
         return figures
-    sys.path.insert(0, workdir)
-    with open(os.path.join(workdir, "rq_tasks.py"), "w") as f:
-        f.write(RQ_TASKS)
     import rq_tasks
     connection = redis_py.Redis.from_url(url)
     for worker_class, rq_n in [("rq.worker.Worker", max(n // 20, 200)), ("rq.worker.SimpleWorker", max(n // 5, 1000))]:
@@ -231,18 +236,25 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument("--part", choices=["tiny", "python", "primes", "kill"],
+                        help="measure only this part")
     args = parser.parse_args()
     n = 20000 if args.quick else 300000
+    parts = {
+        "tiny": ("tiny_tasks_per_s", lambda url, _: tiny_tasks(url, n)),
+        "python": ("python_echo_per_s_2_workers", lambda url, workdir: python_tasks(url, n // 10, 2, workdir)),
+        "primes": ("primes", lambda url, _: primes_scaling(url, "3e8" if args.quick else "3e9")),
+        "kill": ("kill_recovery", kill_recovery),
+    }
+    chosen = [args.part] if args.part else list(parts)
     with tempfile.TemporaryDirectory() as workdir:
+        write_workers(workdir)
         redis = Redis(workdir)
         try:
-            results = {
-                "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.platform()}",
-                "tiny_tasks_per_s": tiny_tasks(redis.url, n),
-                "python_echo_per_s_2_workers": python_tasks(redis.url, n // 10, 2, workdir),
-                "primes": primes_scaling(redis.url, "3e8" if args.quick else "3e9"),
-                "kill_recovery": kill_recovery(redis.url, workdir),
-            }
+            results = {"machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.platform()}"}
+            for part in chosen:
+                name, measure = parts[part]
+                results[name] = measure(redis.url, workdir)
         finally:
             redis.stop()
     print(json.dumps(results, indent=2))
