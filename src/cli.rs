@@ -223,6 +223,11 @@ pub struct PoolArgs {
     /// SIGKILL a random busy worker this many times per second (to watch recovery).
     #[arg(long, global = true, value_parser = parse::rate)]
     pub chaos: Option<f64>,
+    /// Keep workers in procpool's own cgroup: no cgroup per pool and per worker, even
+    /// where cgroup v2 would allow them (what workers leave behind is then found by
+    /// process group and the subreaper alone).
+    #[arg(long, global = true)]
+    pub no_cgroup: bool,
     /// Run even when what the workload makes (a matrix, an image, a dataset) looks
     /// larger than the memory or disk space available.
     #[arg(long, global = true)]

@@ -154,6 +154,7 @@ pub(crate) fn pool_config(
     config.max_line = args.max_line;
     config.handle_interrupts = true;
     config.adopt_orphans = true;
+    config.cgroup = !args.no_cgroup;
     Ok(config)
 }
 

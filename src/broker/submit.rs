@@ -439,6 +439,7 @@ fn empty_report() -> PoolReport {
         supervisor_cpu: Default::default(),
         supervisor_peak_rss_kib: 0,
         workers_cpu: Default::default(),
+        cgroup: None,
     }
 }
 

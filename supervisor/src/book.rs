@@ -297,6 +297,7 @@ mod tests {
             pid: 42,
             status: ExitStatus::Exited(1),
             killed_by_procpool: None,
+            oom: None,
         }
     }
 

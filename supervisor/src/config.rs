@@ -129,6 +129,15 @@ pub struct PoolConfig {
     /// only when no such child of this process is its own (the procpool binary does).
     /// One pool at a time per process.
     pub adopt_orphans: bool,
+    /// Where cgroup v2 lets this process make cgroups below its own (root, or a
+    /// delegated subtree; Linux 5.14 for `cgroup.kill`), give the pool one and each
+    /// worker a leaf in it, joined before the worker executes anything: when a worker
+    /// dies, everything left in its leaf is killed, whatever process group or session
+    /// it moved to, and so is everything in the pool's at shutdown, or when this
+    /// process dies. The cgroups enable no controller (they limit nothing). Where they
+    /// cannot be made, the pool runs without them; [`PoolReport::cgroup`](crate::PoolReport::cgroup)
+    /// says which.
+    pub cgroup: bool,
 }
 
 impl PoolConfig {
@@ -154,6 +163,7 @@ impl PoolConfig {
             }),
             handle_interrupts: false,
             adopt_orphans: false,
+            cgroup: false,
         }
     }
 }

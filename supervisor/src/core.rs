@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::book::TaskBook;
 use crate::config::{PoolConfig, TaskOptions, QUEUED_WORK_TARGET};
 use crate::event::{AbortReason, Event, TaskOutcome};
-use crate::report::{CpuTime, Crash, ExitStatus, KillReason, PoolReport, RunEnd};
+use crate::report::{CpuTime, Crash, ExitStatus, KillReason, OomCheck, PoolReport, RunEnd};
 use crate::restart::{backoff, RestartBudget, RestartPolicy};
 use crate::slot::{Exit, Life, Slot, WorkerStatus};
 
@@ -259,15 +259,33 @@ impl Core {
         }
     }
 
-    /// A slot's process was reaped.
-    pub(crate) fn exited(&mut self, slot: usize, status: ExitStatus, cpu: CpuTime, now: Instant) {
+    /// Whether procpool killed the slot's process (so the kernel need not be asked
+    /// who sent a SIGKILL).
+    pub(crate) fn killed_by_procpool(&self, slot: usize) -> bool {
+        self.slots[slot].killed_by_procpool()
+    }
+
+    /// A slot's process was reaped; `oom` is what the kernel said of a SIGKILL that
+    /// procpool did not send.
+    pub(crate) fn exited(
+        &mut self,
+        slot: usize,
+        status: ExitStatus,
+        cpu: CpuTime,
+        oom: Option<OomCheck>,
+        now: Instant,
+    ) {
         let exit = self.slots[slot].exited(status.clone(), cpu, now);
-        let crash = Crash {
+        let mut crash = Crash {
             slot,
             pid: exit.pid,
             status,
             killed_by_procpool: exit.kill_reason,
+            oom: None,
         };
+        if crash.sigkilled_from_outside() {
+            crash.oom = oom;
+        }
         let retired = exit.planned && crash.status.success();
         let restart_in = if retired {
             // A recycled worker (max tasks per child) is replaced straight away.
@@ -647,6 +665,7 @@ impl Core {
             supervisor_cpu,
             supervisor_peak_rss_kib,
             workers_cpu,
+            cgroup: None,
         }
     }
 }

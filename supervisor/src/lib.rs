@@ -43,10 +43,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod book;
+mod cgroup;
 mod config;
 mod core;
 mod event;
 mod lines;
+mod oom;
 mod orphans;
 mod poll;
 mod pool;
@@ -69,8 +71,8 @@ pub use lines::{LineReader, ReadOutcome};
 pub use pool::{size_text, Pool};
 pub use queue::JoinableQueue;
 pub use report::{
-    quarantine_message, CpuTime, Crash, ExitSignal, ExitStatus, KillReason, PoolReport, RunEnd,
-    TaskFailure, WorkerReport,
+    quarantine_message, CpuTime, Crash, ExitSignal, ExitStatus, KillReason, OomCheck, PoolReport,
+    RunEnd, TaskFailure, WorkerReport,
 };
 pub use restart::RestartPolicy;
 pub use slot::WorkerStatus;

@@ -15,7 +15,10 @@
 //!   `sys::start_guardian`) that is told each worker's process group and, when the
 //!   supervisor is gone (EOF on its pipe), kills every group it was told of.
 //!
-//! What stays uncovered is said in the README ("No orphans").
+//! Where the pool has cgroups (`cgroup.rs`), they close what the process tree leaves
+//! open: a dead worker's leaf is killed whole, and the guardian kills the pool's
+//! cgroup. The sweep stays for the pools without. What stays uncovered is said in the
+//! README ("No orphans").
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::cgroup::GuardianCgroup;
 use crate::sys;
 
 /// A process's place in the tree, from `/proc/<pid>/stat`.
@@ -88,10 +92,15 @@ struct Adopted {
 }
 
 impl Orphans {
-    /// Starts the guardian and, with `adopt`, makes this process a child subreaper.
-    /// The guardian is forked first, so that it is not re-parented to us.
-    pub(crate) fn start(capacity: usize, adopt: bool) -> std::io::Result<Orphans> {
-        let guardian = Guardian::start(capacity)?;
+    /// Starts the guardian (which empties and removes the pool's `cgroup` too, should
+    /// this process die) and, with `adopt`, makes this process a child subreaper. The
+    /// guardian is forked first, so that it is not re-parented to us.
+    pub(crate) fn start(
+        capacity: usize,
+        adopt: bool,
+        cgroup: Option<GuardianCgroup>,
+    ) -> std::io::Result<Orphans> {
+        let guardian = Guardian::start(capacity, cgroup)?;
         let adopted = match adopt {
             false => None,
             true => {
@@ -187,8 +196,8 @@ struct Guardian {
 }
 
 impl Guardian {
-    fn start(capacity: usize) -> std::io::Result<Guardian> {
-        let (pid, pipe) = sys::start_guardian(capacity)?;
+    fn start(capacity: usize, cgroup: Option<GuardianCgroup>) -> std::io::Result<Guardian> {
+        let (pid, pipe) = sys::start_guardian(capacity, cgroup)?;
         Ok(Guardian {
             pid: pid.as_raw(),
             pipe: Some(File::from(pipe)),

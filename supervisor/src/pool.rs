@@ -9,14 +9,17 @@ use std::process::Command as ProcessCommand;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use procpool_child::{decode_stdout_line, ArraySpec, FromWorker, StdoutLine, TaskId, WorkerEnv};
 use procpool_shm::untrusted::{excerpt, quote};
 use serde_json::Value;
 
+use crate::cgroup::PoolCgroup;
 use crate::config::{LogSink, PoolConfig, TaskOptions, WorkerStart};
 use crate::core::{Command, Core, Settings};
 use crate::event::{Event, PoolError, TaskOutcome};
 use crate::lines::ReadOutcome;
+use crate::oom::OomWatch;
 use crate::orphans::Orphans;
 use crate::poll::{PollTable, Token};
 use crate::report::{KillReason, PoolReport};
@@ -63,6 +66,11 @@ pub struct Pool {
     max_line: usize,
     /// The guardian, and what workers leave behind.
     orphans: Orphans,
+    /// The pool's cgroup, where it has one: dropped after `processes`, so its leaves
+    /// are empty by then.
+    cgroup: Option<PoolCgroup>,
+    /// Who sent a SIGKILL procpool did not.
+    oom: OomWatch,
     /// The caller's input was readable at the last wait.
     input_ready: bool,
     started: Instant,
@@ -84,13 +92,17 @@ impl Pool {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.subsec_nanos() as u64);
         let seed = clock ^ (u64::from(std::process::id()) << 32);
+        let cgroup = config.cgroup.then(PoolCgroup::create).flatten();
+        let guardian_cgroup = cgroup.as_ref().map(PoolCgroup::for_guardian).transpose()?;
         let mut pool = Pool {
             core: Core::new(Settings::of(&config), now, seed),
             processes: (0..config.procs).map(|_| None).collect(),
             table: PollTable::new(config.procs),
             signals: SignalPipes::register(config.handle_interrupts)?,
             // Twice the slots: a group is held from its worker's start to its reaping.
-            orphans: Orphans::start(2 * config.procs + 16, config.adopt_orphans)?,
+            orphans: Orphans::start(2 * config.procs + 16, config.adopt_orphans, guardian_cgroup)?,
+            cgroup,
+            oom: OomWatch::start(),
             start: config.start,
             arrays: config.arrays,
             inherit_fds: config.inherit_fds,
@@ -232,18 +244,26 @@ impl Pool {
             if let Some(mut process) = self.processes[slot].take() {
                 if let Some((status, cpu)) = process.kill_and_reap() {
                     self.orphans.worker_reaped(process.pid.as_raw());
-                    self.core.exited(slot, status, cpu, Instant::now());
+                    self.core.exited(slot, status, cpu, None, Instant::now());
                 }
             }
+        }
+        if let Some(cgroup) = &mut self.cgroup {
+            cgroup.close(LAST_SWEEP);
         }
         self.orphans.sweep_all(LAST_SWEEP);
         self.core.clear_events();
         stderr_queue::finish(Duration::from_secs(1));
-        self.core.report(
+        let mut report = self.core.report(
             self.started.elapsed(),
             sys::own_cpu_time(),
             sys::own_peak_rss_kib(),
-        )
+        );
+        report.cgroup = self
+            .cgroup
+            .as_ref()
+            .map(|cgroup| cgroup.dir().display().to_string());
+        report
     }
 
     /// Carries out the core's commands until it has none.
@@ -303,23 +323,30 @@ impl Pool {
         }
         // Numbers, for the child between fork and exec (where nothing may allocate).
         let inherit: Vec<RawFd> = self.inherit_fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        // A leaf that cannot be made (a cgroup.max.descendants, say) leaves this worker
+        // to process groups and the subreaper, like a pool without cgroups.
+        let leaf = self
+            .cgroup
+            .as_mut()
+            .and_then(|cgroup| cgroup.worker_cgroup(slot).ok());
         let fds = WorkerFds {
             stdin: stdin_read.as_fd(),
             stdout: stdout_write.as_fd(),
             stderr: stderr_write.as_fd(),
             inherit: &inherit,
             subreaper: self.orphans.adopting(),
+            cgroup_procs: leaf.as_ref().map(|leaf| leaf.procs.as_raw_fd()),
         };
         let env = WorkerEnv {
             index: slot,
             procs: self.processes.len(),
             arrays: self.arrays.clone(),
         };
-        let pid = match &self.start {
+        let started = match &self.start {
             WorkerStart::Spawn { program, args } => {
                 let mut command = ProcessCommand::new(program);
                 command.args(args).envs(env.to_vars());
-                sys::spawn_command(&mut command, &fds)?
+                sys::spawn_command(&mut command, &fds)
             }
             WorkerStart::Fork(body) => {
                 let body = body.clone();
@@ -330,7 +357,16 @@ impl Pool {
                         std::env::set_var(name, value);
                     }
                     body()
-                })?
+                })
+            }
+        };
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(err) => {
+                if let (Some(cgroup), Some(leaf)) = (&mut self.cgroup, leaf) {
+                    cgroup.worker_reaped(leaf.dir);
+                }
+                return Err(err);
             }
         };
         drop((stdin_read, stdout_write, stderr_write));
@@ -341,6 +377,7 @@ impl Pool {
             stdout_read,
             stderr_read,
             self.max_line,
+            leaf.map(|leaf| leaf.dir),
         ));
         self.core.spawned(slot, pid.as_raw(), Instant::now());
         Ok(())
@@ -404,6 +441,9 @@ impl Pool {
         if children && self.core.running() {
             let workers = self.worker_pids();
             self.orphans.sweep_if_due(&workers);
+            if let Some(cgroup) = &mut self.cgroup {
+                cgroup.tidy();
+            }
         }
         self.core.on_time(Instant::now());
         self.execute();
@@ -538,9 +578,18 @@ impl Pool {
                 break;
             }
         }
-        self.processes[slot] = None;
+        let leaf = self.processes[slot]
+            .take()
+            .and_then(|mut process| process.cgroup.take());
+        if let (Some(cgroup), Some(leaf)) = (&mut self.cgroup, leaf) {
+            cgroup.worker_reaped(leaf);
+        }
         self.orphans.worker_reaped(pid);
-        self.core.exited(slot, status, cpu, Instant::now());
+        let oom = match status.killed_by(Signal::SIGKILL) && !self.core.killed_by_procpool(slot) {
+            true => self.oom.check(pid, &self.worker_pids()),
+            false => None,
+        };
+        self.core.exited(slot, status, cpu, oom, Instant::now());
     }
 
     fn worker_pids(&self) -> Vec<i32> {

@@ -185,6 +185,10 @@ pub struct Crash {
     /// Set when procpool killed it, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed_by_procpool: Option<KillReason>,
+    /// For a SIGKILL procpool did not send: whether the kernel says the OOM killer
+    /// sent it. `None` where nothing could be read, or for any other end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom: Option<OomCheck>,
 }
 
 impl Crash {
@@ -192,21 +196,60 @@ impl Crash {
     pub fn sigkilled_from_outside(&self) -> bool {
         self.killed_by_procpool.is_none() && self.status.killed_by(Signal::SIGKILL)
     }
+
+    /// Whether the kernel log or the memory cgroup's count says the OOM killer did it.
+    pub fn oom_killed(&self) -> bool {
+        matches!(
+            self.oom,
+            Some(OomCheck::KernelLog(_) | OomCheck::CgroupCount(_))
+        )
+    }
 }
 
 impl fmt::Display for Crash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "worker {} (pid {}) {}", self.slot, self.pid, self.status)?;
         if let Some(reason) = self.killed_by_procpool {
-            write!(f, " (sent by procpool: {reason})")?;
-        } else if self.sigkilled_from_outside() {
-            write!(
+            return write!(f, " (sent by procpool: {reason})");
+        }
+        if !self.sigkilled_from_outside() {
+            return Ok(());
+        }
+        match &self.oom {
+            Some(OomCheck::KernelLog(line)) => {
+                write!(f, " from the OOM killer (kernel log: {line})")
+            }
+            Some(OomCheck::CgroupCount(_)) => write!(
+                f,
+                " from the OOM killer, as far as the memory cgroup tells (its oom_kill count rose)"
+            ),
+            Some(OomCheck::NotOom(looked_at)) => write!(
+                f,
+                " (not sent by procpool: another process; no OOM kill in {looked_at})"
+            ),
+            None => write!(
                 f,
                 " (not sent by procpool: another process or the OOM killer)"
-            )?;
+            ),
         }
-        Ok(())
     }
+}
+
+/// What the kernel says of a SIGKILL that procpool did not send (see
+/// [`Crash::oom`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OomCheck {
+    /// The kernel log names the worker as the OOM killer's victim: its line, e.g.
+    /// `Memory cgroup out of memory: Killed process 4242 (python3)`.
+    KernelLog(String),
+    /// The `oom_kill` count of the workers' memory cgroup rose (this file): an OOM
+    /// kill in that cgroup, most likely this worker's.
+    CgroupCount(String),
+    /// What was read (the kernel log, the memory cgroup's count) shows no OOM kill
+    /// of it: another process sent the SIGKILL.
+    NotOom(String),
 }
 
 /// A task that did not produce a result.
@@ -325,6 +368,9 @@ pub struct PoolReport {
     pub supervisor_peak_rss_kib: u64,
     /// CPU time of all worker processes together.
     pub workers_cpu: CpuTime,
+    /// The pool's cgroup directory, where its workers had cgroups (see
+    /// [`PoolConfig::cgroup`](crate::PoolConfig::cgroup)); removed by now.
+    pub cgroup: Option<String>,
 }
 
 impl PoolReport {
@@ -357,6 +403,7 @@ mod tests {
             pid: 4242,
             status,
             killed_by_procpool,
+            oom: None,
         }
     }
 
@@ -441,6 +488,27 @@ mod tests {
         assert_eq!(
             text(signaled(Signal::SIGKILL, false), None),
             "worker 1 (pid 4242) killed by SIGKILL (not sent by procpool: another process or the OOM killer)"
+        );
+        let outside = |oom| {
+            let mut crash = crash(signaled(Signal::SIGKILL, false), None);
+            crash.oom = Some(oom);
+            assert_eq!(
+                crash.oom_killed(),
+                !matches!(crash.oom, Some(OomCheck::NotOom(_)))
+            );
+            crash.to_string()
+        };
+        assert_eq!(
+            outside(OomCheck::KernelLog("Out of memory: Killed process 4242 (w)".into())),
+            "worker 1 (pid 4242) killed by SIGKILL from the OOM killer (kernel log: Out of memory: Killed process 4242 (w))"
+        );
+        assert_eq!(
+            outside(OomCheck::CgroupCount("/sys/fs/cgroup/memory.events".into())),
+            "worker 1 (pid 4242) killed by SIGKILL from the OOM killer, as far as the memory cgroup tells (its oom_kill count rose)"
+        );
+        assert_eq!(
+            outside(OomCheck::NotOom("the kernel log".into())),
+            "worker 1 (pid 4242) killed by SIGKILL (not sent by procpool: another process; no OOM kill in the kernel log)"
         );
         assert_eq!(
             text(signaled(Signal::SIGKILL, false), Some(KillReason::Chaos)),

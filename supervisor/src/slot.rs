@@ -297,6 +297,11 @@ impl Slot {
         true
     }
 
+    /// Whether procpool killed the process.
+    pub(crate) fn killed_by_procpool(&self) -> bool {
+        matches!(self.life, Life::Killed { .. })
+    }
+
     /// Shutdown sends `stop`; returns the tasks it held (they will not be answered
     /// now) and whether there is a process to tell.
     pub(crate) fn stop(&mut self, now: Instant) -> (Vec<TaskId>, bool) {
@@ -541,6 +546,7 @@ mod tests {
             pid: 7,
             status: ExitStatus::Exited(0),
             killed_by_procpool: Some(KillReason::StdinClosed),
+            oom: None,
         };
         assert!(matches!(exit.blames(&crash)[..], [Blame::Bystander]));
     }

@@ -14,6 +14,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::Pid;
 
+use crate::cgroup::GuardianCgroup;
 use crate::report::{CpuTime, ExitSignal, ExitStatus};
 
 /// A pipe whose two ends are closed on exec; the worker's end is dup'ed onto 0/1/2.
@@ -71,6 +72,9 @@ pub(crate) struct WorkerFds<'a> {
     pub inherit: &'a [RawFd],
     /// The worker becomes a child subreaper, so its descendants stay below it.
     pub subreaper: bool,
+    /// The worker's cgroup's `cgroup.procs`, open for writing: the worker joins it
+    /// before anything else, so all it starts is in it too.
+    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Starts `command` as a worker (see [`become_worker`]), with `fds.inherit` left open
@@ -82,13 +86,15 @@ pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::R
         .stderr(fds.stderr.try_clone_to_owned()?);
     let supervisor = nix::unistd::getpid();
     let inherit = fds.inherit.to_vec();
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed; `become_worker` makes only raw system calls
-    // (setpgid, prctl, getppid, open, write, close, fcntl, _exit) and allocates nothing (`inherit` was
-    // allocated before the fork and is only read).
     let subreaper = fds.subreaper;
+    let cgroup_procs = fds.cgroup_procs;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; `join_cgroup` and `become_worker` make only
+    // raw system calls (write, setpgid, prctl, getppid, open, close, fcntl, _exit) and
+    // allocate nothing (`inherit` was allocated before the fork and is only read).
     unsafe {
         command.pre_exec(move || {
+            join_cgroup(cgroup_procs);
             become_worker(supervisor, &inherit, subreaper);
             Ok(())
         });
@@ -133,6 +139,7 @@ pub(crate) fn fork_worker(fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> io::Re
 }
 
 fn run_forked_worker(supervisor: Pid, fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> i32 {
+    join_cgroup(fds.cgroup_procs);
     for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
         // SAFETY: dup2 on two descriptor numbers; `to` is one of this process's
         // stdio numbers, which no Rust object in the worker owns.
@@ -161,10 +168,15 @@ fn run_forked_worker(supervisor: Pid, fds: &WorkerFds<'_>, body: &dyn Fn() -> i3
 /// Closes every descriptor above stderr except `keep`, so a forked worker holds no
 /// other worker's pipes (which would hide their EOF) and no supervisor state.
 fn close_inherited_descriptors(keep: &[RawFd]) {
-    let mut keep: Vec<RawFd> = keep.to_vec();
+    close_all_but(&mut keep.to_vec());
+}
+
+/// Closes every descriptor above stderr except those in `keep` (which it sorts).
+/// Async-signal-safe: allocates nothing.
+fn close_all_but(keep: &mut [RawFd]) {
     keep.sort_unstable();
     let mut first = 3;
-    for fd in keep {
+    for &fd in keep.iter() {
         if fd > first {
             close_range(first, fd - 1);
         }
@@ -224,6 +236,16 @@ fn become_worker(supervisor: Pid, inherit: &[RawFd], subreaper: bool) {
     }
 }
 
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs`
+/// (writing 0 there names the writer). A refusal leaves it where it was: process
+/// groups and the subreaper still hold its descendants. Async-signal-safe.
+fn join_cgroup(procs: Option<RawFd>) {
+    if let Some(procs) = procs {
+        // SAFETY: write on a descriptor number from a live two-byte literal.
+        unsafe { libc::write(procs, b"0\n".as_ptr().cast(), 2) };
+    }
+}
+
 /// Writes `bytes` to the file at `path`, ignoring failure. Async-signal-safe.
 fn write_file(path: &std::ffi::CStr, bytes: &[u8]) {
     // SAFETY: `path` is NUL-terminated and `bytes` is a live slice whose length is
@@ -277,15 +299,26 @@ pub(crate) fn reap_if_exited(pid: Pid) {
 /// has exited, is nobody's child of ours, in a session of its own (no terminal signal
 /// reaches it), working in `/`. It reads process groups from the pipe whose write end
 /// is returned and kills them all when the pipe reaches EOF, which is when the
-/// supervisor exits or dies. `capacity` bounds the groups it holds at once.
-pub(crate) fn start_guardian(capacity: usize) -> io::Result<(Pid, OwnedFd)> {
+/// supervisor exits or dies; given the pool's `cgroup`, it then kills everything in it
+/// too and removes it. `capacity` bounds the groups it holds at once.
+pub(crate) fn start_guardian(
+    capacity: usize,
+    cgroup: Option<GuardianCgroup>,
+) -> io::Result<(Pid, OwnedFd)> {
     let (read, write) = pipe()?;
     let (pid_read, pid_write) = pipe()?;
     // Allocated before the fork: the guardian may not allocate (the process that
     // forks it may have other threads, one of them holding the allocator's lock).
     let mut groups: Vec<libc::pid_t> = vec![0; capacity.max(1)];
+    let cgroup_fds = cgroup.as_ref().map(|cgroup| CgroupFds {
+        kill: cgroup.kill.as_raw_fd(),
+        dir: cgroup.dir.as_raw_fd(),
+        parent: cgroup.parent.as_raw_fd(),
+        name: &cgroup.name,
+    });
     // SAFETY: the children run only async-signal-safe system calls on memory allocated
-    // before the fork (`groups`, the descriptors), then `_exit`; they never return.
+    // before the fork (`groups`, the descriptors, the cgroup's name), then `_exit`;
+    // they never return.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => {
             drop((read, pid_write));
@@ -305,7 +338,7 @@ pub(crate) fn start_guardian(capacity: usize) -> io::Result<(Pid, OwnedFd)> {
             unsafe {
                 let guardian = libc::fork();
                 if guardian == 0 {
-                    guard(read.as_raw_fd(), &mut groups);
+                    guard(read.as_raw_fd(), &mut groups, cgroup_fds);
                 }
                 let bytes = guardian.to_ne_bytes();
                 libc::write(pid_write.as_raw_fd(), bytes.as_ptr().cast(), 4);
@@ -315,11 +348,20 @@ pub(crate) fn start_guardian(capacity: usize) -> io::Result<(Pid, OwnedFd)> {
     }
 }
 
+/// The pool's cgroup as the guardian holds it: descriptor numbers and a name.
+#[derive(Clone, Copy)]
+struct CgroupFds<'a> {
+    kill: RawFd,
+    dir: RawFd,
+    parent: RawFd,
+    name: &'a std::ffi::CStr,
+}
+
 /// The guardian's life; see [`start_guardian`]. Async-signal-safe throughout.
-fn guard(pipe: RawFd, groups: &mut [libc::pid_t]) -> ! {
+fn guard(pipe: RawFd, groups: &mut [libc::pid_t], cgroup: Option<CgroupFds<'_>>) -> ! {
     // SAFETY: plain system calls on descriptor numbers and NUL-terminated literals;
     // this process owns no Rust object over any descriptor it closes or replaces.
-    let pipe = unsafe {
+    let (pipe, cgroup) = unsafe {
         libc::setsid();
         libc::chdir(c"/".as_ptr());
         libc::prctl(libc::PR_SET_NAME, c"procpool-guard".as_ptr());
@@ -332,17 +374,27 @@ fn guard(pipe: RawFd, groups: &mut [libc::pid_t]) -> ! {
         ] {
             libc::signal(sig, libc::SIG_IGN);
         }
-        // Above stdio, so /dev/null can take 0-2 whatever number the pipe had.
-        let pipe = libc::fcntl(pipe, libc::F_DUPFD_CLOEXEC, 3);
+        // Above stdio, so /dev/null can take 0-2 whatever numbers they had.
+        let above_stdio = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
+        let pipe = above_stdio(pipe);
+        let cgroup = cgroup.map(|cgroup| CgroupFds {
+            kill: above_stdio(cgroup.kill),
+            dir: above_stdio(cgroup.dir),
+            parent: above_stdio(cgroup.parent),
+            name: cgroup.name,
+        });
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         for stdio in 0..3 {
             libc::dup2(null, stdio);
         }
-        pipe
+        (pipe, cgroup)
     };
     // Holding no other descriptor: no worker's pipe, no supervisor's socket.
-    close_range(3, pipe - 1);
-    close_range(pipe + 1, RawFd::MAX);
+    let mut keep = [pipe; 4];
+    if let Some(cgroup) = cgroup {
+        keep[1..].copy_from_slice(&[cgroup.kill, cgroup.dir, cgroup.parent]);
+    }
+    close_all_but(&mut keep);
     let mut held = 0;
     let mut buffer = [0u8; 4096];
     loop {
@@ -370,8 +422,72 @@ fn guard(pipe: RawFd, groups: &mut [libc::pid_t]) -> ! {
         // SAFETY: kill takes plain integers.
         unsafe { libc::kill(-group, libc::SIGKILL) };
     }
+    if let Some(cgroup) = cgroup {
+        remove_cgroup(cgroup);
+    }
     // SAFETY: `_exit` is async-signal-safe and never returns.
     unsafe { libc::_exit(0) }
+}
+
+/// Kills every process in the pool's cgroup, then removes its leaves and itself,
+/// trying again for about two seconds while the killed are still exiting (a cgroup
+/// with a process in it cannot be removed). Async-signal-safe.
+fn remove_cgroup(cgroup: CgroupFds<'_>) {
+    // SAFETY: write on a descriptor number from a live one-byte literal.
+    unsafe { libc::write(cgroup.kill, b"1".as_ptr().cast(), 1) };
+    let pause = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 5_000_000,
+    };
+    for _ in 0..400 {
+        remove_leaves(cgroup.dir);
+        // SAFETY: unlinkat on a directory descriptor and a NUL-terminated name.
+        let removed =
+            unsafe { libc::unlinkat(cgroup.parent, cgroup.name.as_ptr(), libc::AT_REMOVEDIR) };
+        if removed == 0 || Errno::last() != Errno::EBUSY {
+            return;
+        }
+        // SAFETY: `pause` is a live timespec; no remainder is asked for.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+    }
+}
+
+/// Removes the cgroups below the directory open as `dir` that are empty.
+/// Async-signal-safe: the entries are read into a local array.
+fn remove_leaves(dir: RawFd) {
+    let mut entries = [0u8; 4096];
+    // SAFETY: lseek on a descriptor number.
+    unsafe { libc::lseek(dir, 0, libc::SEEK_SET) };
+    loop {
+        // SAFETY: getdents64 writes at most `entries.len()` bytes into the live array.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                entries.as_mut_ptr(),
+                entries.len(),
+            )
+        };
+        if got <= 0 {
+            return;
+        }
+        // A record: inode (8 bytes), offset (8), its length (2), type (1), then its
+        // name, NUL-terminated within the length.
+        let mut at = 0;
+        while at + 19 < got as usize {
+            let length = usize::from(u16::from_ne_bytes([entries[at + 16], entries[at + 17]]));
+            if length <= 19 || at + length > got as usize {
+                return;
+            }
+            let name = &entries[at + 19..at + length];
+            if entries[at + 18] == libc::DT_DIR && name[0] != b'.' {
+                // SAFETY: unlinkat on a directory descriptor and a name whose NUL is
+                // within the record.
+                unsafe { libc::unlinkat(dir, name.as_ptr().cast(), libc::AT_REMOVEDIR) };
+            }
+            at += length;
+        }
+    }
 }
 
 fn thread_count() -> io::Result<usize> {
@@ -511,6 +627,7 @@ mod tests {
             stderr: null.as_fd(),
             inherit: &[],
             subreaper: false,
+            cgroup_procs: None,
         };
         let mut command = Command::new("sh");
         command.arg("-c").arg(format!("kill -{number} $$"));

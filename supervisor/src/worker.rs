@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -32,6 +33,8 @@ pub(crate) struct WorkerProcess {
     closing: bool,
     pub stdout: LineReader,
     pub stderr: LineReader,
+    /// Its leaf in the pool's cgroup, if it has one.
+    pub cgroup: Option<PathBuf>,
     reaped: bool,
 }
 
@@ -43,6 +46,7 @@ impl WorkerProcess {
         stdout: OwnedFd,
         stderr: OwnedFd,
         max_line: usize,
+        cgroup: Option<PathBuf>,
     ) -> Self {
         WorkerProcess {
             pid,
@@ -52,6 +56,7 @@ impl WorkerProcess {
             closing: false,
             stdout: LineReader::new(stdout.into(), Some(max_line)),
             stderr: LineReader::cutting(stderr.into(), LOG_LINE_MAX),
+            cgroup,
             reaped: false,
         }
     }

@@ -199,9 +199,15 @@ impl Sim {
     }
 
     fn exit(&mut self, slot: usize, status: ExitStatus) {
+        self.exit_with(slot, status, None);
+    }
+
+    /// An exit the shell found the kernel's word `oom` for.
+    fn exit_with(&mut self, slot: usize, status: ExitStatus, oom: Option<OomCheck>) {
         let process = self.processes[slot].take().expect("a live process exits");
         self.dying = Some(process.running());
-        self.core.exited(slot, status, CpuTime::default(), self.now);
+        self.core
+            .exited(slot, status, CpuTime::default(), oom, self.now);
         self.observe();
         self.dying = None;
     }
@@ -626,6 +632,41 @@ fn a_restart_that_never_forks_gives_up_once_the_budget_is_spent() {
     ));
     let report = sim.finish();
     assert_eq!(report.tasks_not_run, 1);
+}
+
+#[test]
+fn the_kernels_word_on_a_sigkill_is_kept_only_where_procpool_did_not_send_it() {
+    let mut sim = ready_pool(2);
+    sim.put();
+    sim.put();
+    let sigkill = ExitStatus::Signaled {
+        signal: Signal::SIGKILL.into(),
+        core_dumped: false,
+    };
+    let oom = OomCheck::KernelLog("Out of memory: Killed process 1 (w)".into());
+    let last_crash = |sim: &Sim| {
+        sim.events.iter().rev().find_map(|event| match event {
+            Event::WorkerDied { crash, .. } => Some(crash.clone()),
+            _ => None,
+        })
+    };
+    assert!(!sim.core.killed_by_procpool(0));
+    sim.exit_with(0, sigkill.clone(), Some(oom.clone()));
+    sim.settle();
+    let crash = last_crash(&sim).expect("worker 0 died");
+    assert_eq!(crash.oom, Some(oom.clone()));
+    assert!(crash.oom_killed());
+
+    sim.core.kill(1, KillReason::Chaos);
+    assert!(sim.core.killed_by_procpool(1));
+    sim.exit_with(1, sigkill, Some(oom));
+    sim.settle();
+    let crash = last_crash(&sim).expect("worker 1 died");
+    assert_eq!(
+        (crash.slot, crash.oom, crash.killed_by_procpool),
+        (1, None, Some(KillReason::Chaos))
+    );
+    sim.finish();
 }
 
 #[test]
