@@ -9,97 +9,17 @@ mod util;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use procpool_shm::{decode_f64, NpyHeader};
+use util::cgroup::TestCgroup;
 use util::Procpool;
 
 const LIMIT: u64 = 64 << 20;
 const ROWS: &str = "5242880"; // × 8 columns × 8 bytes = 320 MiB
 const COLS: usize = 8;
-
-/// A child memory cgroup with a limit, removed when dropped.
-struct Cgroup {
-    dir: PathBuf,
-    /// v1 names its files memory.*_in_bytes; v2 memory.max / memory.peak.
-    v1: bool,
-}
-
-impl Cgroup {
-    /// Under this process's own memory cgroup (v1), or its v2 cgroup.
-    fn create(limit: u64) -> Result<Cgroup, String> {
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-        let name = format!("procpool-colmeans-test-{}", std::process::id());
-        let mut tried = Vec::new();
-        for line in own.lines() {
-            let mut fields = line.splitn(3, ':');
-            let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
-            let (Some(controllers), Some(path)) = (controllers, path) else {
-                continue;
-            };
-            let candidates: Vec<(PathBuf, bool)> = if controllers.split(',').any(|c| c == "memory")
-            {
-                vec![(
-                    Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')),
-                    true,
-                )]
-            } else if controllers.is_empty() {
-                ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-                    .iter()
-                    .map(|root| (Path::new(root).join(path.trim_start_matches('/')), false))
-                    .collect()
-            } else {
-                continue;
-            };
-            for (parent, v1) in candidates {
-                let limit_file = if v1 {
-                    "memory.limit_in_bytes"
-                } else {
-                    "memory.max"
-                };
-                if !parent.exists() {
-                    tried.push(format!("{} does not exist", parent.display()));
-                    continue;
-                }
-                let dir = parent.join(&name);
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(err) => {
-                        tried.push(format!("{}: {err}", dir.display()));
-                        continue;
-                    }
-                }
-                let cgroup = Cgroup { dir, v1 };
-                match std::fs::write(cgroup.dir.join(limit_file), limit.to_string()) {
-                    Ok(()) => return Ok(cgroup),
-                    Err(err) => tried.push(format!("{limit_file}: {err}")),
-                }
-            }
-        }
-        Err(tried.join("; "))
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // Empty once procpool and its workers have exited; retry briefly for stragglers.
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// Means by streaming the file here with `read` and Kahan sums: independent of
 /// procpool's maps, tiles and pairwise sums.
@@ -153,7 +73,7 @@ fn means_of_a_file_five_times_the_memory_limit() {
     let args = [
         "run", "colmeans", "--file", "big.npy", "--procs", "2", "--json", "--quiet",
     ];
-    let cgroup = Cgroup::create(LIMIT);
+    let cgroup = TestCgroup::memory(LIMIT);
     let mut run = Procpool::new(args).in_dir(dir.path());
     match &cgroup {
         Ok(cgroup) => {
@@ -164,12 +84,7 @@ fn means_of_a_file_five_times_the_memory_limit() {
                 LIMIT >> 20,
                 size >> 20
             );
-            // The shell joins the cgroup, then execs procpool: same pid, so the
-            // supervisor and every worker it starts are inside from the first byte.
-            run = run.after_shell(&format!(
-                "echo $$ > '{}/cgroup.procs' || exit 97",
-                cgroup.dir.display()
-            ));
+            run = run.after_shell(&cgroup.join_script());
         }
         Err(why) => println!(
             "no memory cgroup could be made ({why}); checking the workers' peak RSS instead"

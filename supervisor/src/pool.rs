@@ -25,6 +25,7 @@ use crate::poll::{PollTable, Token};
 use crate::report::{KillReason, PoolReport};
 use crate::signals::SignalPipes;
 use crate::slot::WorkerStatus;
+use crate::start_error::explain_process_limit;
 use crate::stderr_queue;
 use crate::sys::{self, WorkerFds};
 use crate::worker::{WorkerProcess, LOG_LINE_MAX};
@@ -366,7 +367,7 @@ impl Pool {
                 if let (Some(cgroup), Some(leaf)) = (&mut self.cgroup, leaf) {
                     cgroup.worker_reaped(leaf.dir);
                 }
-                return Err(err);
+                return Err(explain_process_limit(err));
             }
         };
         drop((stdin_read, stdout_write, stderr_write));

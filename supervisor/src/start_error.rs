@@ -20,6 +20,22 @@ pub fn explain_start_error(program: &OsStr, err: io::Error) -> io::Error {
     }
 }
 
+/// `err`, from creating a worker process (by `fork` or to execute a program), with
+/// what to do appended when it is EAGAIN: the kernel's word for a limit on processes,
+/// which its text ("Resource temporarily unavailable") does not name.
+pub(crate) fn explain_process_limit(err: io::Error) -> io::Error {
+    if err.raw_os_error() != Some(libc::EAGAIN) {
+        return err;
+    }
+    io::Error::new(
+        err.kind(),
+        format!(
+            "{err}: a limit on processes is reached (`ulimit -u`, a cgroup's pids.max, \
+             kernel.pid_max or kernel.threads-max); run fewer --procs or raise the limit"
+        ),
+    )
+}
+
 fn diagnose(program: &OsStr, err: &io::Error) -> Option<String> {
     let name = program.to_string_lossy();
     let has_slash = program.as_bytes().contains(&b'/');
@@ -84,6 +100,20 @@ mod tests {
 
     fn explain(program: &Path, kind: io::ErrorKind) -> String {
         explain_start_error(program.as_os_str(), io::Error::from(kind)).to_string()
+    }
+
+    #[test]
+    fn a_refused_fork_names_the_process_limits() {
+        let limit = explain_process_limit(io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(limit.raw_os_error(), None, "the text is new");
+        let text = limit.to_string();
+        assert!(
+            text.starts_with("Resource temporarily unavailable"),
+            "{text}"
+        );
+        assert!(text.contains("pids.max"), "{text}");
+        let other = explain_process_limit(io::Error::from_raw_os_error(libc::ENOMEM));
+        assert_eq!(other.raw_os_error(), Some(libc::ENOMEM));
     }
 
     #[test]

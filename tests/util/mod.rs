@@ -5,6 +5,8 @@
 //! Modelled on ripgrep's `tests/util.rs`. Each test crate uses a different part of it.
 #![allow(dead_code)]
 
+pub mod cgroup;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
