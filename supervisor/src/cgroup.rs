@@ -115,9 +115,10 @@ impl PoolCgroup {
         }
     }
 
-    /// A worker was reaped: kills what is left in its leaf and removes the leaf, now
-    /// or, once the last of those has exited, at a later [`tidy`](Self::tidy).
-    pub(crate) fn worker_reaped(&mut self, leaf: PathBuf) {
+    /// A leaf whose worker was reaped (or never started): kills what is left in it
+    /// and removes it, now or, once the last of those has exited, at a later
+    /// [`tidy`](Self::tidy).
+    pub(crate) fn release(&mut self, leaf: PathBuf) {
         kill(&leaf);
         if !remove(&leaf) {
             self.emptying.push(leaf);
@@ -258,7 +259,7 @@ fn unescape(field: &str) -> String {
 }
 
 /// This process's cgroup v2 directory.
-pub(crate) fn own_v2_dir() -> Option<PathBuf> {
+fn own_v2_dir() -> Option<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
     v2_dir(&mountinfo, &cgroups)

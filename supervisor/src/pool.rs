@@ -365,7 +365,7 @@ impl Pool {
             Ok(pid) => pid,
             Err(err) => {
                 if let (Some(cgroup), Some(leaf)) = (&mut self.cgroup, leaf) {
-                    cgroup.worker_reaped(leaf.dir);
+                    cgroup.release(leaf.dir);
                 }
                 return Err(explain_process_limit(err));
             }
@@ -583,7 +583,7 @@ impl Pool {
             .take()
             .and_then(|mut process| process.cgroup.take());
         if let (Some(cgroup), Some(leaf)) = (&mut self.cgroup, leaf) {
-            cgroup.worker_reaped(leaf);
+            cgroup.release(leaf);
         }
         self.orphans.worker_reaped(pid);
         let oom = match status.killed_by(Signal::SIGKILL) && !self.core.killed_by_procpool(slot) {
