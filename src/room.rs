@@ -12,7 +12,8 @@ use anyhow::Result;
 use crate::run::UsageError;
 
 /// Memory this process may still take: the kernel's `MemAvailable`, lowered to what
-/// is left under the cgroup's `memory.max` where one is set. `None`: unknown.
+/// its memory cgroups' limits leave (v1 or v2, its own cgroup's and every one above).
+/// `None`: unknown.
 pub fn memory_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let available = meminfo
@@ -21,21 +22,10 @@ pub fn memory_available() -> Option<u64> {
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse::<u64>().ok())?
         * 1024;
-    Some(match cgroup_memory_left() {
+    Some(match procpool_supervisor::cgroup::memory_left() {
         Some(left) => available.min(left),
         None => available,
     })
-}
-
-/// `memory.max - memory.current` of this process's cgroup (v2), if it has a limit.
-fn cgroup_memory_left() -> Option<u64> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|line| line.strip_prefix("0::"))?;
-    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let max = read("memory.max")?.trim().parse::<u64>().ok()?;
-    let current = read("memory.current")?.trim().parse::<u64>().ok()?;
-    Some(max.saturating_sub(current))
 }
 
 /// Free space, for an unprivileged writer, on the file system of `file`.

@@ -55,3 +55,30 @@ fn sizes_past_the_machine_are_refused_before_any_work() {
         assert!(!dir.join("big.npy").exists(), "no file left behind");
     }
 }
+
+#[test]
+fn a_memory_cgroups_limit_is_the_memory_available() {
+    // 512 MiB of matrices (A, B and C at n = 4800) fit the machine, not a 256 MiB limit.
+    let Some(memory) = util::cgroup::or_skip(
+        util::cgroup::TestCgroup::memory(256 << 20),
+        "a_memory_cgroups_limit_is_the_memory_available",
+    ) else {
+        return;
+    };
+    let output = Procpool::new(["run", "matmul", "--n", "4800"])
+        .after_shell(&memory.join_script())
+        .run(2);
+    assert!(
+        output.stderr.contains("needs 527.3 MiB of memory, and ")
+            && output.stderr.contains(" MiB is available"),
+        "{output}"
+    );
+    let available: f64 = output
+        .stderr
+        .split("of memory, and ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no available size\n{output}"));
+    assert!(available <= 256.0, "{output}");
+}

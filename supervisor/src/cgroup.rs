@@ -17,6 +17,10 @@
 //!
 //! Where they cannot be made (cgroup v1 alone, no write access, an older kernel), the
 //! pool goes on with process groups and the subreaper, as before.
+//!
+//! The same reading of `/proc/self/mountinfo` and `/proc/self/cgroup` tells how much
+//! memory this process's cgroups still allow ([`memory_left`]), for checks before a
+//! run, and which file counts its workers' OOM kills (`oom.rs`).
 
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
@@ -296,16 +300,62 @@ fn oom_kill_counter_in(
             return found;
         }
     }
-    let is_memory = |controllers: &str| controllers.split(',').any(|name| name == "memory");
+    let (own, _) = v1_dir(mountinfo, cgroups, "memory")?;
+    Some(own.join("memory.oom_control")).filter(|file| exists(file))
+}
+
+/// Bytes this process may still take under its memory cgroups' limits: the least,
+/// over its own cgroup and every one above it, of limit less usage (v2 `memory.max` −
+/// `memory.current`, v1 `memory.limit_in_bytes` − `memory.usage_in_bytes`). `None`
+/// where no limit is set or none can be read.
+pub fn memory_left() -> Option<u64> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    memory_left_in(&mountinfo, &cgroups, |file| fs::read_to_string(file).ok())
+}
+
+fn memory_left_in(
+    mountinfo: &str,
+    cgroups: &str,
+    read: impl Fn(&Path) -> Option<String>,
+) -> Option<u64> {
+    // A v1 "limit" this large (the page-rounded i64::MAX) means none.
+    const UNLIMITED: u64 = 1 << 62;
+    let number = |dir: &Path, file: &str| read(&dir.join(file))?.trim().parse::<u64>().ok();
+    let mut hierarchies = Vec::new();
+    if let Some(own) = v2_dir(mountinfo, cgroups) {
+        let mount = find_mount(mountinfo, |fstype, _| fstype == "cgroup2")?.point;
+        hierarchies.push((own, mount, "memory.max", "memory.current"));
+    }
+    if let Some((own, mount)) = v1_dir(mountinfo, cgroups, "memory") {
+        hierarchies.push((own, mount, "memory.limit_in_bytes", "memory.usage_in_bytes"));
+    }
+    hierarchies
+        .iter()
+        .flat_map(|(own, mount, limit, usage)| {
+            own.ancestors()
+                .take_while(move |dir| dir.starts_with(mount))
+                .filter_map(move |dir| {
+                    let limit = number(dir, limit).filter(|&limit| limit < UNLIMITED)?;
+                    Some(limit.saturating_sub(number(dir, usage).unwrap_or(0)))
+                })
+        })
+        .min()
+}
+
+/// This process's cgroup in the v1 hierarchy of `controller`, and that hierarchy's
+/// mount point.
+fn v1_dir(mountinfo: &str, cgroups: &str, controller: &str) -> Option<(PathBuf, PathBuf)> {
+    let has = |list: &str| list.split(',').any(|name| name == controller);
     let path = cgroups.lines().find_map(|line| {
         let (_, rest) = line.split_once(':')?;
         let (controllers, path) = rest.split_once(':')?;
-        is_memory(controllers).then_some(path)
+        has(controllers).then_some(path)
     })?;
     let mount = find_mount(mountinfo, |fstype, options| {
-        fstype == "cgroup" && is_memory(options)
+        fstype == "cgroup" && has(options)
     })?;
-    Some(mount.dir_of(path)?.join("memory.oom_control")).filter(|file| exists(file))
+    Some((mount.dir_of(path)?, mount.point))
 }
 
 /// The `oom_kill` count in a `memory.events` or `memory.oom_control` text.
@@ -389,6 +439,58 @@ mod tests {
             ))
         );
         assert_eq!(oom_kill_counter_in(HYBRID, HYBRID_CGROUPS, |_| false), None);
+    }
+
+    #[test]
+    fn memory_left_is_the_tightest_limit_less_usage_in_either_hierarchy() {
+        let files = |entries: &'static [(&'static str, &'static str)]| {
+            move |file: &Path| {
+                entries
+                    .iter()
+                    .find(|(name, _)| Path::new(name) == file)
+                    .map(|(_, text)| text.to_string())
+            }
+        };
+        // v1: the job's own limit is none; its parent's is 1 GiB with 256 MiB used.
+        let v1 = files(&[
+            (
+                "/sys/fs/cgroup/memory/jobs/42/memory.limit_in_bytes",
+                "9223372036854771712\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/jobs/42/memory.usage_in_bytes",
+                "1000\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes",
+                "1073741824\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/jobs/memory.usage_in_bytes",
+                "268435456\n",
+            ),
+        ]);
+        assert_eq!(
+            memory_left_in(HYBRID, HYBRID_CGROUPS, v1),
+            Some((1 << 30) - (256 << 20))
+        );
+        // v2: "max" is no limit; the user slice's is, and it is nearly used up.
+        let v2 = files(&[
+            (
+                "/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope/memory.max",
+                "max\n",
+            ),
+            (
+                "/sys/fs/cgroup/user.slice/user-1000.slice/memory.max",
+                "2000\n",
+            ),
+            (
+                "/sys/fs/cgroup/user.slice/user-1000.slice/memory.current",
+                "2500\n",
+            ),
+        ]);
+        assert_eq!(memory_left_in(UNIFIED, UNIFIED_CGROUPS, v2), Some(0));
+        assert_eq!(memory_left_in(UNIFIED, UNIFIED_CGROUPS, |_| None), None);
     }
 
     #[test]

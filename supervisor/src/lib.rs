@@ -43,7 +43,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod book;
-mod cgroup;
+pub mod cgroup;
 mod config;
 mod core;
 mod event;
