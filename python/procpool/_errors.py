@@ -8,8 +8,9 @@ class WorkerCrashed(Exception):
     pool's or the task's `max_attempts`); every other task went on.
 
     `pid`, `exitcode` and `signal` describe the last death (`exitcode` is None when a
-    signal killed it, `signal` the signal's name then); `crashes` lists every death
-    charged to the task, as the supervisor reported them."""
+    signal killed it, `signal` the signal's name then); `oom_killed` says whether the
+    kernel log or the memory cgroup's count names the OOM killer as its sender;
+    `crashes` lists every death charged to the task, as the supervisor reported them."""
 
     def __init__(self, message, attempts, crashes):
         super().__init__(message)
@@ -17,9 +18,14 @@ class WorkerCrashed(Exception):
         self.crashes = crashes
         last = crashes[-1] if crashes else {}
         self.pid = last.get("pid")
-        status = last.get("status") or {}
-        self.exitcode = (status.get("exited") or {}).get("code")
+        # {"exited": 3}, {"signaled": {"signal": "SIGKILL", ...}}, or "unknown".
+        status = last.get("status")
+        status = status if isinstance(status, dict) else {}
+        exited = status.get("exited")
+        self.exitcode = exited if isinstance(exited, int) else None
         self.signal = (status.get("signaled") or {}).get("signal")
+        oom = last.get("oom")
+        self.oom_killed = isinstance(oom, dict) and bool({"kernel_log", "cgroup_count"} & set(oom))
 
 
 class RemoteError(Exception):

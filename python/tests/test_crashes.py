@@ -46,6 +46,35 @@ def test_a_task_that_kills_its_worker_fails_alone_with_the_crash_details():
                 assert future.result(timeout=60) == x * 2
 
 
+def exit_with(code):
+    os._exit(code)
+
+
+def test_a_worker_that_exits_is_a_crash_with_its_exit_code():
+    with procpool.Executor(max_workers=1, max_attempts=1) as executor:
+        with pytest.raises(procpool.WorkerCrashed) as caught:
+            executor.submit(exit_with, 3).result(timeout=60)
+        crashed = caught.value
+        assert (crashed.exitcode, crashed.signal, crashed.oom_killed) == (3, None, False)
+        assert executor.submit(abs, -4).result(timeout=60) == 4
+
+
+def test_the_oom_killer_is_named_only_on_the_kernels_word():
+    sigkill = {"signaled": {"signal": "SIGKILL", "core_dumped": False}}
+    crash = {"slot": 0, "pid": 42, "status": sigkill}
+    for oom, named in [
+        (None, False),
+        ({"not_oom": "the kernel log"}, False),
+        ({"kernel_log": "Out of memory: Killed process 42 (python3)"}, True),
+        ({"cgroup_count": "/sys/fs/cgroup/memory.events"}, True),
+    ]:
+        crashes = [dict(crash, oom=oom)] if oom else [crash]
+        crashed = procpool.WorkerCrashed("died", 1, crashes)
+        assert (crashed.signal, crashed.oom_killed) == ("SIGKILL", named)
+    unknown = procpool.WorkerCrashed("died", 1, [dict(crash, status="unknown")])
+    assert (unknown.exitcode, unknown.signal) == (None, None)
+
+
 def test_a_segfault_is_a_crash_of_its_own_task_only():
     with procpool.Executor(max_workers=2, max_attempts=1) as executor:
         crash = executor.submit(segfault)
