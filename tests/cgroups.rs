@@ -34,6 +34,20 @@ fn pool_cgroups(test: &str) -> bool {
     or_skip(made, test).is_some()
 }
 
+/// The pool's cgroup named in the `--json` report of a `run tasks` (on stderr, since
+/// the results are on stdout).
+fn pool_cgroup_of(output: &util::Output) -> PathBuf {
+    let report: Value = serde_json::from_str(
+        output
+            .stderr
+            .lines()
+            .find(|line| line.starts_with('{'))
+            .unwrap_or_else(|| panic!("no --json report\n{output}")),
+    )
+    .unwrap();
+    PathBuf::from(report["cgroup"].as_str().expect("a pool cgroup"))
+}
+
 /// Waits until `pid` is gone (or a zombie), for at most 20 s.
 fn gone(pid: i32) -> bool {
     util::wait_until(Duration::from_secs(20), || !util::is_alive(pid))
@@ -51,15 +65,7 @@ fn each_worker_runs_in_a_leaf_of_the_pools_cgroup_which_is_gone_after_the_run() 
         &["--procs", "2", "--json"],
     )
     .run(0);
-    let report: Value = serde_json::from_str(
-        output
-            .stderr
-            .lines()
-            .find(|line| line.starts_with('{'))
-            .unwrap_or_else(|| panic!("no --json report\n{output}")),
-    )
-    .unwrap();
-    let pool = PathBuf::from(report["cgroup"].as_str().expect("a pool cgroup"));
+    let pool = pool_cgroup_of(&output);
     let name = pool.file_name().unwrap().to_str().unwrap().to_string();
     assert!(name.starts_with("procpool-"), "{name}");
     assert!(!pool.exists(), "{} is left after the run", pool.display());
@@ -110,6 +116,44 @@ send({"type": "result", "id": m["id"], "output": int(open("grouped.pid").read())
     );
     assert!(output.stderr.contains("exited with code 3"), "{output}");
     assert_none_left_in(&dir, Duration::ZERO);
+}
+
+#[test]
+fn a_cgroup_a_worker_made_in_its_own_goes_with_it() {
+    if !pool_cgroups("a_cgroup_a_worker_made_in_its_own") {
+        return;
+    }
+    // Attempt 1 moves a `sleep` into a cgroup of its own below the worker's and dies;
+    // attempt 2 reports the sleep's pid. The input is the cgroup2 mount point.
+    let body = r#"if m["attempt"] == 1:
+    own = [l for l in open("/proc/self/cgroup").read().splitlines() if l.startswith("0::")][0][3:]
+    below = m["input"] + own + "/mine"
+    os.mkdir(below)
+    pid = os.fork()
+    if pid == 0:
+        os.execvp("sleep", ["sleep", "300"])
+    open(below + "/cgroup.procs", "w").write(str(pid))
+    open("nested.pid", "w").write(str(pid))
+    os._exit(3)
+send({"type": "result", "id": m["id"], "output": int(open("nested.pid").read())})"#;
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string();
+    let dir = own_v2_dir().unwrap().display().to_string();
+    let mount = dir.strip_suffix(own.trim_end_matches('/')).unwrap_or(&dir);
+    let input = format!("{}\n", json!(mount.trim_end_matches('/')));
+    let run = Procpool::tasks(&protocol_worker(body), &input, &["--procs", "1", "--json"]);
+    let output = run.run(0);
+    let nested = result_lines(&output.stdout)[0]["output"].as_i64().unwrap() as i32;
+    assert!(
+        gone(nested),
+        "the sleep {nested} outlived its worker\n{output}"
+    );
+    let pool = pool_cgroup_of(&output);
+    assert!(!pool.exists(), "{} is left after the run", pool.display());
 }
 
 #[test]

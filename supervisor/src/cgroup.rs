@@ -140,17 +140,7 @@ impl PoolCgroup {
     pub(crate) fn close(&mut self, within: Duration) {
         kill(&self.dir);
         let deadline = Instant::now() + within;
-        loop {
-            if let Ok(entries) = fs::read_dir(&self.dir) {
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-                        remove(&entry.path());
-                    }
-                }
-            }
-            if remove(&self.dir) || Instant::now() >= deadline {
-                break;
-            }
+        while !remove(&self.dir) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.emptying.clear();
@@ -189,8 +179,16 @@ fn kill(dir: &Path) {
     let _ = fs::write(dir.join("cgroup.kill"), "1");
 }
 
-/// Removes the cgroup `dir`; false while processes are still in it.
+/// Removes the cgroup `dir` and those below it (a worker may make its own, where it
+/// may write there); false while a process is still in one of them.
 fn remove(dir: &Path) -> bool {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                remove(&entry.path());
+            }
+        }
+    }
     match fs::remove_dir(dir) {
         Ok(()) => true,
         Err(err) => err.kind() == io::ErrorKind::NotFound,
@@ -218,10 +216,13 @@ impl CgroupMount {
     }
 }
 
-/// The first mount in `mountinfo` whose file system type and super options `wanted`
+/// The mounts in `mountinfo` whose file system type and super options `wanted`
 /// accepts.
-fn find_mount(mountinfo: &str, wanted: impl Fn(&str, &str) -> bool) -> Option<CgroupMount> {
-    mountinfo.lines().find_map(|line| {
+fn mounts<'a>(
+    mountinfo: &'a str,
+    wanted: impl Fn(&str, &str) -> bool + 'a,
+) -> impl Iterator<Item = CgroupMount> + 'a {
+    mountinfo.lines().filter_map(move |line| {
         // "id parent dev root point options [optional...] - fstype source superoptions"
         let (left, right) = line.split_once(" - ")?;
         let mut right = right.split(' ');
@@ -263,15 +264,18 @@ fn unescape(field: &str) -> String {
 }
 
 /// This process's cgroup v2 directory.
-fn own_v2_dir() -> Option<PathBuf> {
+pub fn own_v2_dir() -> Option<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
-    v2_dir(&mountinfo, &cgroups)
+    Some(v2_dir(&mountinfo, &cgroups)?.0)
 }
 
-fn v2_dir(mountinfo: &str, cgroups: &str) -> Option<PathBuf> {
+/// This process's cgroup v2 directory, and the mount point it is reached through (the
+/// first cgroup2 mount whose root holds it).
+fn v2_dir(mountinfo: &str, cgroups: &str) -> Option<(PathBuf, PathBuf)> {
     let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
-    find_mount(mountinfo, |fstype, _| fstype == "cgroup2")?.dir_of(path)
+    mounts(mountinfo, |fstype, _| fstype == "cgroup2")
+        .find_map(|mount| Some((mount.dir_of(path)?, mount.point)))
 }
 
 /// The file that counts OOM kills in the memory cgroup this process's workers run
@@ -289,8 +293,7 @@ fn oom_kill_counter_in(
     cgroups: &str,
     exists: impl Fn(&Path) -> bool,
 ) -> Option<PathBuf> {
-    if let Some(own) = v2_dir(mountinfo, cgroups) {
-        let mount = find_mount(mountinfo, |fstype, _| fstype == "cgroup2")?.point;
+    if let Some((own, mount)) = v2_dir(mountinfo, cgroups) {
         let found = own
             .ancestors()
             .take_while(|dir| dir.starts_with(&mount))
@@ -323,8 +326,7 @@ fn memory_left_in(
     const UNLIMITED: u64 = 1 << 62;
     let number = |dir: &Path, file: &str| read(&dir.join(file))?.trim().parse::<u64>().ok();
     let mut hierarchies = Vec::new();
-    if let Some(own) = v2_dir(mountinfo, cgroups) {
-        let mount = find_mount(mountinfo, |fstype, _| fstype == "cgroup2")?.point;
+    if let Some((own, mount)) = v2_dir(mountinfo, cgroups) {
         hierarchies.push((own, mount, "memory.max", "memory.current"));
     }
     if let Some((own, mount)) = v1_dir(mountinfo, cgroups, "memory") {
@@ -352,10 +354,10 @@ fn v1_dir(mountinfo: &str, cgroups: &str, controller: &str) -> Option<(PathBuf, 
         let (controllers, path) = rest.split_once(':')?;
         has(controllers).then_some(path)
     })?;
-    let mount = find_mount(mountinfo, |fstype, options| {
+    mounts(mountinfo, move |fstype, options| {
         fstype == "cgroup" && has(options)
-    })?;
-    Some((mount.dir_of(path)?, mount.point))
+    })
+    .find_map(|mount| Some((mount.dir_of(path)?, mount.point)))
 }
 
 /// The `oom_kill` count in a `memory.events` or `memory.oom_control` text.
@@ -384,35 +386,43 @@ mod tests {
 
     #[test]
     fn finds_its_own_cgroup_v2_directory_on_either_layout() {
+        let dir = |mountinfo, cgroups| v2_dir(mountinfo, cgroups).map(|(dir, _)| dir);
         assert_eq!(
-            v2_dir(HYBRID, HYBRID_CGROUPS),
+            dir(HYBRID, HYBRID_CGROUPS),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert_eq!(
-            v2_dir(UNIFIED, UNIFIED_CGROUPS),
+            dir(UNIFIED, UNIFIED_CGROUPS),
             Some(PathBuf::from(
                 "/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope"
             ))
         );
-        assert_eq!(v2_dir(HYBRID, "4:memory:/\n"), None, "no v2 line");
+        assert_eq!(dir(HYBRID, "4:memory:/\n"), None, "no v2 line");
     }
 
     #[test]
     fn a_mount_of_a_subtree_reaches_only_paths_below_its_root() {
         let container = "30 1 0:26 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let dir = |mountinfo: &str, cgroups| v2_dir(mountinfo, cgroups).map(|(dir, _)| dir);
         assert_eq!(
-            v2_dir(container, "0::/docker/abc/job\n"),
+            dir(container, "0::/docker/abc/job\n"),
             Some(PathBuf::from("/sys/fs/cgroup/job"))
         );
-        assert_eq!(v2_dir(container, "0::/docker/abcdef\n"), None);
-        assert_eq!(v2_dir(container, "0::/other\n"), None);
+        assert_eq!(dir(container, "0::/docker/abcdef\n"), None);
+        assert_eq!(dir(container, "0::/other\n"), None);
+        // A second mount of the whole hierarchy reaches what the first does not.
+        let both = format!("{container}31 1 0:26 / /mnt/cgroup2 rw - cgroup2 cgroup2 rw\n");
+        assert_eq!(
+            dir(&both, "0::/other\n"),
+            Some(PathBuf::from("/mnt/cgroup2/other"))
+        );
     }
 
     #[test]
     fn mount_points_are_unescaped() {
         let spaced = "30 1 0:26 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
         assert_eq!(
-            v2_dir(spaced, "0::/a\n"),
+            v2_dir(spaced, "0::/a\n").map(|(dir, _)| dir),
             Some(PathBuf::from("/mnt/my cgroups/a"))
         );
         assert_eq!(unescape(r"a\134b\tc"), r"a\b\tc");

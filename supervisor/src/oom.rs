@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::cgroup;
 use crate::report::OomCheck;
@@ -39,16 +40,33 @@ pub(crate) struct OomWatch {
 
 struct Counter {
     file: PathBuf,
-    /// The count, less the rises not yet matched to a worker's death.
+    /// The count at the last look.
     seen: u64,
+    /// Rises not matched to a death yet, and when the last was seen: they are matched
+    /// only to deaths within [`RISE_WINDOW`] of it, not to a `kill -9` an hour later.
+    unmatched: u64,
+    rose_at: Instant,
 }
+
+/// How long after a rise of the count a death may be matched to it: workers killed
+/// together are reaped within it.
+const RISE_WINDOW: Duration = Duration::from_secs(1);
+
+/// The kernel counts an OOM kill before it sends the signal, but logs it after: how
+/// long its line may take to show up once the count has risen.
+const LOG_LAG: Duration = Duration::from_millis(2);
 
 impl OomWatch {
     /// Opens the kernel log at its end and reads the memory cgroup's count now.
-    pub(crate) fn start() -> OomWatch {
+    pub(crate) fn start(now: Instant) -> OomWatch {
         let counter = cgroup::oom_kill_counter().and_then(|file| {
             let seen = read_count(&file)?;
-            Some(Counter { file, seen })
+            Some(Counter {
+                file,
+                seen,
+                unmatched: 0,
+                rose_at: now,
+            })
         });
         OomWatch {
             kernel_log: open_kernel_log().ok(),
@@ -57,34 +75,62 @@ impl OomWatch {
         }
     }
 
-    /// What the witnesses say of worker `pid`, just reaped after a SIGKILL procpool
-    /// did not send; `live` are the workers not reaped yet (their victim lines are
-    /// kept for their own deaths). `None` when neither can be read.
-    pub(crate) fn check(&mut self, pid: i32, live: &[i32]) -> Option<OomCheck> {
-        self.read_kernel_log(|victim| victim == pid || live.contains(&victim));
-        let counted = self.counter.as_mut().and_then(|counter| {
-            let now = read_count(&counter.file)?;
-            let rose = now > counter.seen;
-            if rose {
-                counter.seen += 1;
-            }
-            Some(rose)
-        });
-        if let Some(at) = self.victims.iter().position(|(victim, _)| *victim == pid) {
-            return Some(OomCheck::KernelLog(self.victims.swap_remove(at).1));
+    /// Worker `pid` was reaped. For a SIGKILL procpool did not send (`outside_sigkill`),
+    /// what the witnesses say of it: the kernel log where it can be read (it names each
+    /// victim), else the memory cgroup's count; `None` when neither can be read. `live`
+    /// are the workers not reaped yet, whose victim lines are kept for their own deaths.
+    pub(crate) fn reaped(
+        &mut self,
+        pid: i32,
+        outside_sigkill: bool,
+        live: &[i32],
+        now: Instant,
+    ) -> Option<OomCheck> {
+        if !outside_sigkill {
+            // A line for it would otherwise wait for a later worker with its pid.
+            self.victims.retain(|(victim, _)| *victim != pid);
+            return None;
         }
-        const COUNT: &str = "the memory cgroup's oom_kill count";
-        match (counted, &self.counter) {
-            (Some(true), Some(counter)) => {
+        let rose = self.count_rose(now);
+        if self.kernel_log.is_some() {
+            let keep = |victim: i32| victim == pid || live.contains(&victim);
+            self.read_kernel_log(keep);
+            if rose == Some(true) && !self.victims.iter().any(|(victim, _)| *victim == pid) {
+                std::thread::sleep(LOG_LAG);
+                self.read_kernel_log(keep);
+            }
+            let at = self.victims.iter().position(|(victim, _)| *victim == pid);
+            return Some(match at {
+                Some(at) => OomCheck::KernelLog(self.victims.swap_remove(at).1),
+                None => OomCheck::NotOom("the kernel log".into()),
+            });
+        }
+        match (rose?, &self.counter) {
+            (true, Some(counter)) => {
                 Some(OomCheck::CgroupCount(counter.file.display().to_string()))
             }
-            (Some(false), _) if self.kernel_log.is_some() => {
-                Some(OomCheck::NotOom(format!("the kernel log or {COUNT}")))
-            }
-            (Some(false), _) => Some(OomCheck::NotOom(COUNT.into())),
-            _ if self.kernel_log.is_some() => Some(OomCheck::NotOom("the kernel log".into())),
-            _ => None,
+            _ => Some(OomCheck::NotOom(
+                "the memory cgroup's oom_kill count".into(),
+            )),
         }
+    }
+
+    /// Whether an OOM kill counted since the last look, and not matched to a death
+    /// yet, is there to match to this one. `None` without a readable count.
+    fn count_rose(&mut self, now: Instant) -> Option<bool> {
+        let counter = self.counter.as_mut()?;
+        let count = read_count(&counter.file)?;
+        if count > counter.seen {
+            counter.unmatched += count - counter.seen;
+            counter.rose_at = now;
+        }
+        counter.seen = count;
+        if now.saturating_duration_since(counter.rose_at) > RISE_WINDOW {
+            counter.unmatched = 0;
+        }
+        let matched = counter.unmatched > 0;
+        counter.unmatched = counter.unmatched.saturating_sub(1);
+        Some(matched)
     }
 
     /// Reads the records added since the last read, keeping the OOM victims whose pid
@@ -187,55 +233,85 @@ mod tests {
         assert_eq!(oom_victim(b"no separator Killed process 4 (y)"), None);
     }
 
-    #[test]
-    fn a_rise_of_the_count_is_matched_to_one_death_each() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("memory.events");
-        std::fs::write(&file, "oom 0\noom_kill 5\n").unwrap();
-        let mut watch = OomWatch {
+    fn counting(file: &std::path::Path, seen: u64, now: Instant) -> OomWatch {
+        OomWatch {
             kernel_log: None,
             victims: Vec::new(),
             counter: Some(Counter {
-                file: file.clone(),
-                seen: 5,
+                file: file.to_path_buf(),
+                seen,
+                unmatched: 0,
+                rose_at: now,
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn a_rise_of_the_count_is_matched_to_one_death_each_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        std::fs::write(&file, "oom 0\noom_kill 5\n").unwrap();
+        let now = Instant::now();
+        let mut watch = counting(&file, 5, now);
         let shown = file.display().to_string();
         let not_oom = || {
             Some(OomCheck::NotOom(
                 "the memory cgroup's oom_kill count".into(),
             ))
         };
-        assert_eq!(watch.check(1, &[]), not_oom());
+        assert_eq!(watch.reaped(1, true, &[], now), not_oom());
         std::fs::write(&file, "oom 2\noom_kill 7\n").unwrap();
+        let counted = Some(OomCheck::CgroupCount(shown));
+        assert_eq!(watch.reaped(2, true, &[], now), counted);
+        assert_eq!(watch.reaped(3, true, &[], now), counted);
+        assert_eq!(watch.reaped(4, true, &[], now), not_oom());
         assert_eq!(
-            watch.check(2, &[]),
-            Some(OomCheck::CgroupCount(shown.clone()))
+            watch.reaped(5, false, &[], now),
+            None,
+            "procpool's own kill"
         );
-        assert_eq!(watch.check(3, &[]), Some(OomCheck::CgroupCount(shown)));
-        assert_eq!(watch.check(4, &[]), not_oom());
+        // Two more: one matched now, the other long unmatched, then no one's.
+        std::fs::write(&file, "oom 4\noom_kill 9\n").unwrap();
+        assert_eq!(watch.reaped(6, true, &[], now), counted);
+        let later = now + RISE_WINDOW * 2;
+        assert_eq!(watch.reaped(7, true, &[], later), not_oom());
         let mut blind = OomWatch {
             kernel_log: None,
             victims: Vec::new(),
             counter: None,
         };
-        assert_eq!(blind.check(1, &[]), None);
+        assert_eq!(blind.reaped(1, true, &[], now), None);
     }
 
     #[test]
-    fn a_victim_line_is_kept_for_its_own_worker_only() {
-        let mut watch = OomWatch {
-            kernel_log: None,
-            victims: vec![(7, "Out of memory: Killed process 7 (w)".into())],
-            counter: None,
-        };
-        assert_eq!(watch.check(8, &[7]), None);
+    fn where_the_kernel_log_is_read_it_alone_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        std::fs::write(&file, "oom_kill 0\n").unwrap();
+        let now = Instant::now();
+        let mut watch = counting(&file, 0, now);
+        // An empty log: /dev/null reads as one with no new records.
+        watch.kernel_log = Some(File::open("/dev/null").unwrap());
+        watch.victims = vec![(7, "Out of memory: Killed process 7 (w)".into())];
+        std::fs::write(&file, "oom_kill 1\n").unwrap();
+        let log_says_no = Some(OomCheck::NotOom("the kernel log".into()));
         assert_eq!(
-            watch.check(7, &[]),
+            watch.reaped(8, true, &[7], now),
+            log_says_no,
+            "7's rise, not 8's"
+        );
+        assert_eq!(
+            watch.reaped(7, true, &[], now),
             Some(OomCheck::KernelLog(
                 "Out of memory: Killed process 7 (w)".into()
             ))
         );
         assert!(watch.victims.is_empty());
+        watch.victims = vec![(9, "Out of memory: Killed process 9 (w)".into())];
+        assert_eq!(watch.reaped(9, false, &[], now), None);
+        assert!(
+            watch.victims.is_empty(),
+            "forgotten when procpool killed it"
+        );
     }
 }

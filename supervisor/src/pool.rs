@@ -93,8 +93,17 @@ impl Pool {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.subsec_nanos() as u64);
         let seed = clock ^ (u64::from(std::process::id()) << 32);
-        let cgroup = config.cgroup.then(PoolCgroup::create).flatten();
-        let guardian_cgroup = cgroup.as_ref().map(PoolCgroup::for_guardian).transpose()?;
+        let mut cgroup = config.cgroup.then(PoolCgroup::create).flatten();
+        // Without the guardian's descriptors (EMFILE, say), the pool's cgroup could
+        // outlive a killed supervisor: then the pool runs without one.
+        let guardian_cgroup = match cgroup.as_ref().map(PoolCgroup::for_guardian) {
+            Some(Ok(fds)) => Some(fds),
+            Some(Err(_)) => {
+                cgroup = None;
+                None
+            }
+            None => None,
+        };
         let mut pool = Pool {
             core: Core::new(Settings::of(&config), now, seed),
             processes: (0..config.procs).map(|_| None).collect(),
@@ -103,7 +112,7 @@ impl Pool {
             // Twice the slots: a group is held from its worker's start to its reaping.
             orphans: Orphans::start(2 * config.procs + 16, config.adopt_orphans, guardian_cgroup)?,
             cgroup,
-            oom: OomWatch::start(),
+            oom: OomWatch::start(now),
             start: config.start,
             arrays: config.arrays,
             inherit_fds: config.inherit_fds,
@@ -336,7 +345,7 @@ impl Pool {
             stderr: stderr_write.as_fd(),
             inherit: &inherit,
             subreaper: self.orphans.adopting(),
-            cgroup_procs: leaf.as_ref().map(|leaf| leaf.procs.as_raw_fd()),
+            cgroup_procs: leaf.as_ref().map(|leaf| leaf.procs.as_fd()),
         };
         let env = WorkerEnv {
             index: slot,
@@ -586,11 +595,13 @@ impl Pool {
             cgroup.release(leaf);
         }
         self.orphans.worker_reaped(pid);
-        let oom = match status.killed_by(Signal::SIGKILL) && !self.core.killed_by_procpool(slot) {
-            true => self.oom.check(pid, &self.worker_pids()),
-            false => None,
-        };
-        self.core.exited(slot, status, cpu, oom, Instant::now());
+        let outside_sigkill =
+            status.killed_by(Signal::SIGKILL) && !self.core.killed_by_procpool(slot);
+        let now = Instant::now();
+        let oom = self
+            .oom
+            .reaped(pid, outside_sigkill, &self.worker_pids(), now);
+        self.core.exited(slot, status, cpu, oom, now);
     }
 
     fn worker_pids(&self) -> Vec<i32> {

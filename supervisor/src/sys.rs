@@ -74,7 +74,7 @@ pub(crate) struct WorkerFds<'a> {
     pub subreaper: bool,
     /// The worker's cgroup's `cgroup.procs`, open for writing: the worker joins it
     /// before anything else, so all it starts is in it too.
-    pub cgroup_procs: Option<RawFd>,
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 /// Starts `command` as a worker (see [`become_worker`]), with `fds.inherit` left open
@@ -87,7 +87,7 @@ pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::R
     let supervisor = nix::unistd::getpid();
     let inherit = fds.inherit.to_vec();
     let subreaper = fds.subreaper;
-    let cgroup_procs = fds.cgroup_procs;
+    let cgroup_procs = fds.cgroup_procs.map(|procs| procs.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed; `join_cgroup` and `become_worker` make only
     // raw system calls (write, setpgid, prctl, getppid, open, close, fcntl, _exit) and
@@ -139,7 +139,7 @@ pub(crate) fn fork_worker(fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> io::Re
 }
 
 fn run_forked_worker(supervisor: Pid, fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> i32 {
-    join_cgroup(fds.cgroup_procs);
+    join_cgroup(fds.cgroup_procs.map(|procs| procs.as_raw_fd()));
     for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
         // SAFETY: dup2 on two descriptor numbers; `to` is one of this process's
         // stdio numbers, which no Rust object in the worker owns.
@@ -429,9 +429,9 @@ fn guard(pipe: RawFd, groups: &mut [libc::pid_t], cgroup: Option<CgroupFds<'_>>)
     unsafe { libc::_exit(0) }
 }
 
-/// Kills every process in the pool's cgroup, then removes its leaves and itself,
-/// trying again for about two seconds while the killed are still exiting (a cgroup
-/// with a process in it cannot be removed). Async-signal-safe.
+/// Kills every process in the pool's cgroup, then removes the cgroups below it and
+/// itself, trying again for about two seconds while the killed are still exiting (a
+/// cgroup with a process in it cannot be removed). Async-signal-safe.
 fn remove_cgroup(cgroup: CgroupFds<'_>) {
     // SAFETY: write on a descriptor number from a live one-byte literal.
     unsafe { libc::write(cgroup.kill, b"1".as_ptr().cast(), 1) };
@@ -440,7 +440,7 @@ fn remove_cgroup(cgroup: CgroupFds<'_>) {
         tv_nsec: 5_000_000,
     };
     for _ in 0..400 {
-        remove_leaves(cgroup.dir);
+        remove_below(cgroup.dir, CGROUP_DEPTH);
         // SAFETY: unlinkat on a directory descriptor and a NUL-terminated name.
         let removed =
             unsafe { libc::unlinkat(cgroup.parent, cgroup.name.as_ptr(), libc::AT_REMOVEDIR) };
@@ -452,10 +452,18 @@ fn remove_cgroup(cgroup: CgroupFds<'_>) {
     }
 }
 
-/// Removes the cgroups below the directory open as `dir` that are empty.
-/// Async-signal-safe: the entries are read into a local array.
-fn remove_leaves(dir: RawFd) {
-    let mut entries = [0u8; 4096];
+/// How deep below the pool's cgroup the guardian removes cgroups: the workers' leaves,
+/// and a few levels a worker may have made in its own.
+const CGROUP_DEPTH: u32 = 4;
+
+/// Removes the cgroups below the directory open as `dir`, deepest first, down to
+/// `depth` levels; those with a process in them stay. Async-signal-safe: each level
+/// reads its entries into an array on the stack.
+fn remove_below(dir: RawFd, depth: u32) {
+    if depth == 0 {
+        return;
+    }
+    let mut entries = [0u8; 2048];
     // SAFETY: lseek on a descriptor number.
     unsafe { libc::lseek(dir, 0, libc::SEEK_SET) };
     loop {
@@ -479,11 +487,24 @@ fn remove_leaves(dir: RawFd) {
             if length <= 19 || at + length > got as usize {
                 return;
             }
-            let name = &entries[at + 19..at + length];
-            if entries[at + 18] == libc::DT_DIR && name[0] != b'.' {
-                // SAFETY: unlinkat on a directory descriptor and a name whose NUL is
-                // within the record.
-                unsafe { libc::unlinkat(dir, name.as_ptr().cast(), libc::AT_REMOVEDIR) };
+            let name = entries[at + 19..at + length]
+                .as_ptr()
+                .cast::<libc::c_char>();
+            if entries[at + 18] == libc::DT_DIR && entries[at + 19] != b'.' {
+                // SAFETY: openat, close and unlinkat on descriptor numbers and a name
+                // whose NUL is within the record.
+                unsafe {
+                    let below = libc::openat(
+                        dir,
+                        name,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    );
+                    if below >= 0 {
+                        remove_below(below, depth - 1);
+                        libc::close(below);
+                    }
+                    libc::unlinkat(dir, name, libc::AT_REMOVEDIR);
+                }
             }
             at += length;
         }

@@ -23,16 +23,9 @@ pub fn or_skip<T>(made: Result<T, String>, test: &str) -> Option<T> {
     }
 }
 
-/// This process's cgroup v2 directory, where cgroup2 is mounted at one of the usual
-/// places (unified, or under a hybrid layout's `unified/`).
+/// This process's cgroup v2 directory, as procpool finds it.
 pub fn own_v2_dir() -> Option<PathBuf> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|line| line.strip_prefix("0::"))?;
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(Path::new)
-        .find(|root| root.join("cgroup.controllers").exists())
-        .map(|root| root.join(path.trim_start_matches('/')))
+    procpool_supervisor::cgroup::own_v2_dir()
 }
 
 /// A child cgroup that holds a controller, removed when dropped.
