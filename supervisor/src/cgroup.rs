@@ -46,12 +46,10 @@ pub(crate) struct PoolCgroup {
     emptying: Vec<PathBuf>,
 }
 
-/// A new worker's leaf: its path, the directory open (for a worker to be born in it),
-/// and its `cgroup.procs` open for writing (for a worker to join by itself between
-/// fork and exec, where it cannot be born in it).
+/// A new worker's leaf, and its `cgroup.procs` open for writing, for the worker to
+/// join by itself between fork and exec, before it can start anything.
 pub(crate) struct WorkerCgroup {
     pub dir: PathBuf,
-    pub dir_fd: OwnedFd,
     pub procs: OwnedFd,
 }
 
@@ -106,16 +104,12 @@ impl PoolCgroup {
         self.leaves_made += 1;
         let dir = self.dir.join(format!("w{slot}-{}", self.leaves_made));
         fs::create_dir(&dir)?;
-        let opened = open_directory(&dir).and_then(|dir_fd| {
-            let procs = OpenOptions::new()
-                .write(true)
-                .open(dir.join("cgroup.procs"))?;
-            Ok((dir_fd, procs))
-        });
-        match opened {
-            Ok((dir_fd, procs)) => Ok(WorkerCgroup {
+        match OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+        {
+            Ok(procs) => Ok(WorkerCgroup {
                 dir,
-                dir_fd: dir_fd.into(),
                 procs: procs.into(),
             }),
             Err(err) => {
@@ -156,13 +150,19 @@ impl PoolCgroup {
     pub(crate) fn for_guardian(&self) -> io::Result<GuardianCgroup> {
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
         let name = self.dir.file_name().unwrap_or_default().as_bytes();
+        let directory = |path: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(path)
+        };
         Ok(GuardianCgroup {
             kill: OpenOptions::new()
                 .write(true)
                 .open(self.dir.join("cgroup.kill"))?
                 .into(),
-            dir: open_directory(&self.dir)?.into(),
-            parent: open_directory(parent)?.into(),
+            dir: directory(&self.dir)?.into(),
+            parent: directory(parent)?.into(),
             name: CString::new(name).map_err(io::Error::other)?,
         })
     }
@@ -172,14 +172,6 @@ impl Drop for PoolCgroup {
     fn drop(&mut self) {
         self.close(Duration::from_secs(1));
     }
-}
-
-/// `dir` open as a directory (close-on-exec, as std opens everything).
-fn open_directory(dir: &Path) -> io::Result<fs::File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(dir)
 }
 
 /// Kills every process in the cgroup `dir` and its descendants.

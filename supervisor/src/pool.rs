@@ -27,7 +27,7 @@ use crate::signals::SignalPipes;
 use crate::slot::WorkerStatus;
 use crate::start_error::explain_process_limit;
 use crate::stderr_queue;
-use crate::sys::{self, LeafFds, WorkerFds};
+use crate::sys::{self, WorkerFds};
 use crate::worker::{WorkerProcess, LOG_LINE_MAX};
 
 /// How long the last sweep for leftovers at shutdown may take: one stuck in the kernel
@@ -345,10 +345,7 @@ impl Pool {
             stderr: stderr_write.as_fd(),
             inherit: &inherit,
             subreaper: self.orphans.adopting(),
-            cgroup: leaf.as_ref().map(|leaf| LeafFds {
-                dir: leaf.dir_fd.as_fd(),
-                procs: leaf.procs.as_fd(),
-            }),
+            cgroup_procs: leaf.as_ref().map(|leaf| leaf.procs.as_fd()),
         };
         let env = WorkerEnv {
             index: slot,

@@ -2,14 +2,10 @@
 //! must run in the narrow window between `fork` and `exec`, lives here so the rest of
 //! the crate reads as plain Rust.
 
-use std::ffi::{CString, OsString};
 use std::io;
 use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -76,29 +72,14 @@ pub(crate) struct WorkerFds<'a> {
     pub inherit: &'a [RawFd],
     /// The worker becomes a child subreaper, so its descendants stay below it.
     pub subreaper: bool,
-    /// The worker's cgroup: its directory, for a spawned worker to be born in it, and
-    /// its `cgroup.procs`, open for writing, for one that must join it instead (a
-    /// forked worker, or a kernel without `clone3`'s `CLONE_INTO_CGROUP`). Either way
-    /// it is in before anything else, so all it starts is in it too.
-    pub cgroup: Option<LeafFds<'a>>,
-}
-
-/// A worker's cgroup, as [`WorkerFds::cgroup`] holds it.
-#[derive(Clone, Copy)]
-pub(crate) struct LeafFds<'a> {
-    pub dir: BorrowedFd<'a>,
-    pub procs: BorrowedFd<'a>,
+    /// The worker's cgroup's `cgroup.procs`, open for writing: the worker joins it
+    /// before anything else, so all it starts is in it too.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 /// Starts `command` as a worker (see [`become_worker`]), with `fds.inherit` left open
 /// across exec.
 pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::Result<Pid> {
-    if let Some(cgroup) = fds.cgroup {
-        if let Some(pid) = spawn_into_cgroup(command, fds, cgroup.dir)? {
-            own_group(pid);
-            return Ok(pid);
-        }
-    }
     command
         .stdin(fds.stdin.try_clone_to_owned()?)
         .stdout(fds.stdout.try_clone_to_owned()?)
@@ -106,7 +87,7 @@ pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::R
     let supervisor = nix::unistd::getpid();
     let inherit = fds.inherit.to_vec();
     let subreaper = fds.subreaper;
-    let cgroup_procs = fds.cgroup.map(|cgroup| cgroup.procs.as_raw_fd());
+    let cgroup_procs = fds.cgroup_procs.map(|procs| procs.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed; `join_cgroup` and `become_worker` make only
     // raw system calls (write, setpgid, prctl, getppid, open, close, fcntl, _exit) and
@@ -124,188 +105,6 @@ pub(crate) fn spawn_command(command: &mut Command, fds: &WorkerFds<'_>) -> io::R
     let pid = Pid::from_raw(child.id() as i32);
     own_group(pid);
     Ok(pid)
-}
-
-/// What a worker program is executed with, made before the fork (nothing may be
-/// allocated after it): the program's path, its arguments and its environment, each
-/// as the NUL-terminated array `execve` takes.
-struct ExecImage {
-    path: CString,
-    /// Owned by `argv` and `envp`, which point into them.
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-}
-
-impl ExecImage {
-    /// `command`'s program, found on `PATH` as `execvp` would, its arguments, and this
-    /// process's environment with `command`'s changes.
-    fn of(command: &Command) -> io::Result<ExecImage> {
-        let program = command.get_program();
-        let path = if program.as_bytes().contains(&b'/') {
-            PathBuf::from(program)
-        } else {
-            let paths = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(program))
-                .find(|candidate| {
-                    std::fs::metadata(candidate)
-                        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-                })
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?
-        };
-        let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
-        for (name, value) in command.get_envs() {
-            match value {
-                Some(value) => env.insert(name.to_owned(), value.to_owned()),
-                None => env.remove(name),
-            };
-        }
-        let c_string = |bytes: &[u8]| CString::new(bytes).map_err(io::Error::other);
-        let args: Vec<CString> = std::iter::once(program)
-            .chain(command.get_args())
-            .map(|arg| c_string(arg.as_bytes()))
-            .collect::<io::Result<_>>()?;
-        let vars: Vec<CString> = env
-            .iter()
-            .map(|(name, value)| c_string(&[name.as_bytes(), b"=", value.as_bytes()].concat()))
-            .collect::<io::Result<_>>()?;
-        let terminated = |strings: &[CString]| {
-            let mut pointers: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
-            pointers.push(std::ptr::null());
-            pointers
-        };
-        let (argv, envp) = (terminated(&args), terminated(&vars));
-        Ok(ExecImage {
-            path: c_string(path.as_os_str().as_bytes())?,
-            _strings: args.into_iter().chain(vars).collect(),
-            argv,
-            envp,
-        })
-    }
-}
-
-/// clone3's flag for a child born in the cgroup its `cgroup` field names (Linux 5.7).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// clone3's argument, `struct clone_args` up to its `cgroup` field.
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// Starts `command` as a worker born in the cgroup whose directory is open as
-/// `cgroup` (`clone3` with `CLONE_INTO_CGROUP`), so that it never has to be moved
-/// there: moving a process takes a lock that every fork in the system waits on.
-/// `Ok(None)` where the kernel refuses (no clone3 before Linux 5.3, no
-/// `CLONE_INTO_CGROUP` before 5.7, a seccomp filter that hides clone3): nothing was
-/// started, and the caller starts the worker the ordinary way.
-///
-/// Only for a child that executes a program at once: a raw clone leaves the C
-/// library's idea of the thread (its cached thread id) the parent's, which is wrong
-/// for anything but system calls.
-fn spawn_into_cgroup(
-    command: &Command,
-    fds: &WorkerFds<'_>,
-    cgroup: BorrowedFd<'_>,
-) -> io::Result<Option<Pid>> {
-    let program = command.get_program();
-    let explain = |err| crate::start_error::explain_start_error(program, err);
-    let image = ExecImage::of(command).map_err(explain)?;
-    let supervisor = nix::unistd::getpid();
-    // Closed by a successful exec; an exec that fails writes its errno here.
-    let (failure_read, failure_write) = pipe()?;
-    let mut args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: `args` is a live clone_args of the size passed with it. Without CLONE_VM
-    // the child gets a copy of this process, as with fork, and runs only
-    // `exec_worker`: async-signal-safe system calls on memory made before the clone.
-    let cloned = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if cloned == 0 {
-        exec_worker(&image, fds, supervisor, failure_write.as_raw_fd());
-    }
-    if cloned < 0 {
-        return match Errno::last() {
-            Errno::ENOSYS
-            | Errno::EPERM
-            | Errno::EINVAL
-            | Errno::E2BIG
-            | Errno::EOPNOTSUPP
-            | Errno::EACCES
-            | Errno::EBUSY => Ok(None),
-            err => Err(err.into()),
-        };
-    }
-    let pid = Pid::from_raw(cloned as i32);
-    drop(failure_write);
-    let mut errno = [0u8; 4];
-    let got = loop {
-        match nix::unistd::read(&failure_read, &mut errno) {
-            Err(Errno::EINTR) => continue,
-            got => break got.unwrap_or(0),
-        }
-    };
-    if got == 4 {
-        let _ = wait4(pid, 0);
-        return Err(explain(io::Error::from_raw_os_error(i32::from_ne_bytes(
-            errno,
-        ))));
-    }
-    Ok(Some(pid))
-}
-
-/// The child of [`spawn_into_cgroup`]: its stdio, the signal state `std::process`
-/// gives a child too, [`become_worker`], then `execve`; on failure the errno goes to
-/// `failure` and the child exits 127. Async-signal-safe.
-fn exec_worker(image: &ExecImage, fds: &WorkerFds<'_>, supervisor: Pid, failure: RawFd) -> ! {
-    // SAFETY: plain system calls on descriptor numbers, a local signal set, and the
-    // image's NUL-terminated strings and arrays, made before the clone.
-    unsafe {
-        // Above stdio first, so that no source is overwritten by another's dup2.
-        let sources = [fds.stdin, fds.stdout, fds.stderr]
-            .map(|fd| libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3));
-        for (target, source) in (0..).zip(sources) {
-            libc::dup2(source, target);
-        }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        // Rust ignores SIGPIPE; a program expects its default.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    become_worker(supervisor, fds.inherit, fds.subreaper);
-    // SAFETY: as above; execve returns only on failure, and `_exit` never returns.
-    unsafe {
-        libc::execve(
-            image.path.as_ptr(),
-            image.argv.as_ptr(),
-            image.envp.as_ptr(),
-        );
-        let errno = Errno::last_raw().to_ne_bytes();
-        libc::write(failure, errno.as_ptr().cast(), 4);
-        libc::_exit(127)
-    }
 }
 
 /// Forks the supervisor into a worker that runs `body` and exits with its return value.
@@ -340,7 +139,7 @@ pub(crate) fn fork_worker(fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> io::Re
 }
 
 fn run_forked_worker(supervisor: Pid, fds: &WorkerFds<'_>, body: &dyn Fn() -> i32) -> i32 {
-    join_cgroup(fds.cgroup.map(|cgroup| cgroup.procs.as_raw_fd()));
+    join_cgroup(fds.cgroup_procs.map(|procs| procs.as_raw_fd()));
     for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
         // SAFETY: dup2 on two descriptor numbers; `to` is one of this process's
         // stdio numbers, which no Rust object in the worker owns.
@@ -849,7 +648,7 @@ mod tests {
             stderr: null.as_fd(),
             inherit: &[],
             subreaper: false,
-            cgroup: None,
+            cgroup_procs: None,
         };
         let mut command = Command::new("sh");
         command.arg("-c").arg(format!("kill -{number} $$"));
