@@ -263,11 +263,25 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What this process's cgroups are read from: its `mountinfo` and its `cgroup`.
+fn own_mounts_and_cgroups() -> Option<(String, String)> {
+    Some((
+        fs::read_to_string("/proc/self/mountinfo").ok()?,
+        fs::read_to_string("/proc/self/cgroup").ok()?,
+    ))
+}
+
 /// This process's cgroup v2 directory.
 pub fn own_v2_dir() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (mountinfo, cgroups) = own_mounts_and_cgroups()?;
     Some(v2_dir(&mountinfo, &cgroups)?.0)
+}
+
+/// This process's cgroup in the v1 hierarchy of `controller` (`memory`, `pids`), where
+/// that controller is mounted as v1.
+pub fn own_v1_dir(controller: &str) -> Option<PathBuf> {
+    let (mountinfo, cgroups) = own_mounts_and_cgroups()?;
+    Some(v1_dir(&mountinfo, &cgroups, controller)?.0)
 }
 
 /// This process's cgroup v2 directory, and the mount point it is reached through (the
@@ -283,8 +297,7 @@ fn v2_dir(mountinfo: &str, cgroups: &str) -> Option<(PathBuf, PathBuf)> {
 /// (its counts include those below it, where the pool's cgroups are), or else cgroup
 /// v1's `memory.oom_control`. Both have an `oom_kill N` line.
 pub(crate) fn oom_kill_counter() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (mountinfo, cgroups) = own_mounts_and_cgroups()?;
     oom_kill_counter_in(&mountinfo, &cgroups, |file| file.exists())
 }
 
@@ -312,8 +325,7 @@ fn oom_kill_counter_in(
 /// `memory.current`, v1 `memory.limit_in_bytes` − `memory.usage_in_bytes`). `None`
 /// where no limit is set or none can be read.
 pub fn memory_left() -> Option<u64> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (mountinfo, cgroups) = own_mounts_and_cgroups()?;
     memory_left_in(&mountinfo, &cgroups, |file| fs::read_to_string(file).ok())
 }
 

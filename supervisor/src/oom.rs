@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cgroup;
@@ -178,7 +178,7 @@ fn open_kernel_log() -> io::Result<File> {
     Ok(log)
 }
 
-fn read_count(file: &PathBuf) -> Option<u64> {
+fn read_count(file: &Path) -> Option<u64> {
     cgroup::oom_kills(&std::fs::read_to_string(file).ok()?)
 }
 
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(oom_victim(b"no separator Killed process 4 (y)"), None);
     }
 
-    fn counting(file: &std::path::Path, seen: u64, now: Instant) -> OomWatch {
+    fn counting(file: &Path, seen: u64, now: Instant) -> OomWatch {
         OomWatch {
             kernel_log: None,
             victims: Vec::new(),
@@ -275,11 +275,8 @@ mod tests {
         assert_eq!(watch.reaped(6, true, &[], now), counted);
         let later = now + RISE_WINDOW * 2;
         assert_eq!(watch.reaped(7, true, &[], later), not_oom());
-        let mut blind = OomWatch {
-            kernel_log: None,
-            victims: Vec::new(),
-            counter: None,
-        };
+        let mut blind = counting(&file, 0, now);
+        blind.counter = None;
         assert_eq!(blind.reaped(1, true, &[], now), None);
     }
 

@@ -3,7 +3,7 @@
 //! made, a test says why and checks what it can without, unless
 //! `PROCPOOL_REQUIRE_CGROUP=1` (CI, where the machine has them) makes that a failure.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Whether the tests must fail rather than skip where no cgroup can be made.
@@ -24,9 +24,7 @@ pub fn or_skip<T>(made: Result<T, String>, test: &str) -> Option<T> {
 }
 
 /// This process's cgroup v2 directory, as procpool finds it.
-pub fn own_v2_dir() -> Option<PathBuf> {
-    procpool_supervisor::cgroup::own_v2_dir()
-}
+pub use procpool_supervisor::cgroup::own_v2_dir;
 
 /// A child cgroup that holds a controller, removed when dropped.
 pub struct TestCgroup {
@@ -45,22 +43,12 @@ impl TestCgroup {
         settings: impl Fn(bool) -> Vec<(&'static str, String)>,
     ) -> Result<TestCgroup, String> {
         static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
         let name = format!(
             "procpool-test-{controller}-{}-{}",
             std::process::id(),
             MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let v1 = own.lines().find_map(|line| {
-            let (_, rest) = line.split_once(':')?;
-            let (controllers, path) = rest.split_once(':')?;
-            controllers.split(',').any(|c| c == controller).then(|| {
-                Path::new("/sys/fs/cgroup")
-                    .join(controller)
-                    .join(path.trim_start_matches('/'))
-            })
-        });
-        let (parent, is_v1) = match v1 {
+        let (parent, is_v1) = match procpool_supervisor::cgroup::own_v1_dir(controller) {
             Some(dir) => (dir, true),
             None => (
                 own_v2_dir().ok_or("no cgroup v2 directory of this process")?,
